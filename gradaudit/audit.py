@@ -1,0 +1,479 @@
+"""Audit one case on one device: draw inputs, run forward and backward, judge every gradient.
+
+Verdicts come from the real gradients of plain runs; anomaly mode is only a witness, re-run on a
+failing draw to record the forward trace that explains it (it raises on NaN in intermediate nodes
+that a later `where` masks, so it never decides a verdict).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+import shlex
+import time
+import traceback
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gradaudit.config import CaseSpec
+from gradaudit.findings import default_severity
+from gradaudit.frames import frames_from_text, location_from
+from gradaudit.inputs import make_inputs, to_device
+from gradaudit.loading import group_of, resolve
+from gradaudit.model import (
+    CaseResult,
+    ErrorInfo,
+    Finding,
+    InputResult,
+    Location,
+    LossInfo,
+    status_of,
+)
+from gradaudit.shapes import describe_dead, fold_map
+
+# Extra draws that confirm a suspected zero pattern: it must hold still this many draws in a row
+# (longer when it is scattered elements rather than whole slices), within a cap of draws.
+PATIENCE_SLICES = 6
+PATIENCE_SCATTERED = 12
+MAX_DRAWS = 40
+
+VERSION_ERROR = "modified by an inplace operation"
+
+
+@dataclass
+class AuditContext:
+    """What every case of a run shares: the config's folder and how to name it."""
+
+    root: Path
+    config_display: str = "config.yaml"
+    # Objects with `draw_context(draw, inputs)` and `explain(result, state)`; see tracing.
+    observers: list[Any] = field(default_factory=list)
+
+
+@dataclass
+class _Track:
+    """What the draws so far say about one audited tensor's gradient."""
+
+    name: str
+    shape: list[int]
+    dtype: str
+    requires_grad: bool
+    ever_nonzero: torch.Tensor | None = None
+    none_draws: int = 0
+    nonfinite: int = 0
+    norms: list[float] = field(default_factory=list)
+    dead_history: list[int] = field(default_factory=list)
+
+    def add(self, grad: torch.Tensor | None) -> None:
+        if grad is None:
+            self.none_draws += 1
+            if self.ever_nonzero is None:
+                self.ever_nonzero = torch.zeros(self.shape, dtype=torch.bool)
+        else:
+            g = grad.detach()
+            finite = torch.isfinite(g)
+            self.nonfinite = max(self.nonfinite, int((~finite).sum()))
+            nonzero = (g != 0).cpu()
+            self.ever_nonzero = nonzero if self.ever_nonzero is None else (self.ever_nonzero | nonzero)
+            self.norms.append(float(torch.linalg.vector_norm(torch.where(finite, g, 0).double())))
+        self.dead_history.append(int((~self.ever_nonzero).sum()))
+
+    @property
+    def dead(self) -> int:
+        return self.dead_history[-1] if self.dead_history else 0
+
+    def verdict(self, draws: int) -> str:
+        if not self.requires_grad:
+            return "not-required"
+        if self.nonfinite:
+            return "nonfinite"
+        if self.none_draws == draws:
+            return "none"
+        if self.ever_nonzero is not None and self.ever_nonzero.numel() and not self.ever_nonzero.any():
+            return "zero"
+        if self.dead:
+            return "partial"
+        return "ok"
+
+    def stable_for(self) -> int:
+        """Draws in a row, at the end, in which the dead set did not shrink."""
+        run = 0
+        for before, after in zip(self.dead_history[-2::-1], self.dead_history[::-1]):
+            if before != after:
+                break
+            run += 1
+        return run
+
+    def to_result(self, draws: int) -> InputResult:
+        verdict = self.verdict(draws)
+        result = InputResult(name=self.name, shape=self.shape, dtype=self.dtype,
+                             requires_grad=self.requires_grad, grad=verdict)
+        if self.requires_grad and self.ever_nonzero is not None:
+            numel = self.ever_nonzero.numel()
+            result.zero_fraction = round(1.0 - float(self.ever_nonzero.sum()) / numel, 6) if numel else 0.0
+            result.nonfinite_count = self.nonfinite
+            result.grad_norm = round(sum(self.norms) / len(self.norms), 6) if self.norms else None
+            if verdict in ("zero", "partial"):
+                result.grad_map = fold_map(self.ever_nonzero)
+        return result
+
+
+class _ForwardError(Exception):
+    """The loss's own forward raised."""
+
+
+class _BackwardError(Exception):
+    """backward raised for the loss."""
+
+
+def error_info(exc: BaseException, anomaly_trace: str | None = None) -> ErrorInfo:
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    return ErrorInfo(type=type(exc).__name__, message=str(exc).strip(), traceback=text,
+                     anomaly_trace=anomaly_trace)
+
+
+def _short(message: str, limit: int = 300) -> str:
+    first = message.strip().splitlines()[0] if message.strip() else message
+    return first if len(first) <= limit else first[: limit - 1] + "…"
+
+
+def _user_location_of(exc: BaseException, root: Path) -> Location | None:
+    frames = [(f.filename, f.lineno, f.name) for f in traceback.extract_tb(exc.__traceback__)]
+    return location_from(frames, root)
+
+
+class CaseAudit:
+    """The audit of one case on one device; `run()` returns its CaseResult."""
+
+    def __init__(self, spec: CaseSpec, device: str, ctx: AuditContext) -> None:
+        self.spec = spec
+        self.device_name = device
+        self.device = torch.device(device)
+        self.ctx = ctx
+        self.result = CaseResult(
+            case=spec.name, device=device, status="pass", seed=spec.seed, loss_ref=spec.loss,
+            group=group_of(spec.loss),
+            reproduce=(f"gradaudit run {shlex.quote(ctx.config_display)} --case {shlex.quote(spec.name)}"
+                       f" --device {device}"),
+        )
+        self.findings: list[Finding] = []
+        self.tracks: dict[str, _Track] = {}
+        self.draws = 0
+        self.module: torch.nn.Module | None = None
+        self.fn: Any = None
+        self.params: dict[str, torch.Tensor] = {}
+        self.anomaly_error: str | None = None
+
+    # -- the parts of one audit -------------------------------------------------------------
+    def run(self) -> CaseResult:
+        start = time.perf_counter()
+        try:
+            if self._load():
+                self._draws()
+        finally:
+            self.result.duration_s = time.perf_counter() - start
+        return self.finish()
+
+    def _error(self, exc: BaseException, what: str) -> None:
+        self.result.status = "error"
+        self.result.error = error_info(exc)
+        self.result.error.message = f"{what}: {self.result.error.message}"
+
+    def _load(self) -> bool:
+        try:
+            obj = resolve(self.spec.loss, self.ctx.root)
+        except BaseException as exc:  # noqa: BLE001 - any import failure is this case's error
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            self._error(exc, f"cannot import loss {self.spec.loss!r}")
+            return False
+        if isinstance(obj, type):
+            try:
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(self.spec.seed)
+                    built = obj(**self.spec.init_kwargs)
+            except Exception as exc:  # noqa: BLE001
+                self._error(exc, f"cannot build {obj.__name__}(**init_kwargs)")
+                return False
+            if isinstance(built, torch.nn.Module):
+                built = built.to(self.device)
+                self.module = built
+                self.params = {f"param:{n}": p for n, p in built.named_parameters() if p.requires_grad}
+                for name, p in built.named_parameters():
+                    if not p.requires_grad:
+                        self.tracks[f"param:{name}"] = _Track(f"param:{name}", list(p.shape),
+                                                              str(p.dtype).removeprefix("torch."), False)
+            self.fn = built
+        else:
+            self.fn = obj
+        for spec in self.spec.inputs:
+            self.tracks[spec.name] = _Track(spec.name, list(spec.shape), spec.dtype, spec.requires_grad)
+        for name, p in self.params.items():
+            self.tracks[name] = _Track(name, list(p.shape), str(p.dtype).removeprefix("torch."), True)
+        return True
+
+    def _inputs(self, draw: int) -> dict[str, torch.Tensor] | None:
+        try:
+            cpu = make_inputs(self.spec.inputs, self.spec.seed, self.spec.name, draw, self.ctx.root)
+            return to_device(cpu, self.spec.inputs, self.device)
+        except Exception as exc:  # noqa: BLE001
+            self._error(exc, "cannot generate inputs")
+            return None
+
+    def _forward(self, inputs: dict[str, torch.Tensor]) -> Any:
+        try:
+            return self.fn(*inputs.values(), **self.spec.kwargs)
+        except Exception as exc:
+            raise _ForwardError() from exc
+
+    def _draws(self) -> None:
+        while True:
+            inputs = self._inputs(self.draws)
+            if inputs is None:
+                return
+            if not self._one_draw(inputs):
+                return
+            self.draws += 1
+            if not self._want_more():
+                return
+
+    def _want_more(self) -> bool:
+        if self.draws < self.spec.repeats:
+            return True
+        if self.draws >= MAX_DRAWS:
+            return False
+        declared = set(self.spec.expect.no_grad)
+        for track in self.tracks.values():
+            if not track.requires_grad or track.name in declared or track.nonfinite:
+                continue
+            if track.none_draws == self.draws or not track.dead:
+                continue
+            scattered = (track.ever_nonzero.dim() < 2
+                         or describe_dead(~track.ever_nonzero, track.name)[1] is None)
+            patience = PATIENCE_SCATTERED if scattered else PATIENCE_SLICES
+            if track.stable_for() < patience:
+                return True
+        return False
+
+    def _one_draw(self, inputs: dict[str, torch.Tensor]) -> bool:
+        """Run one draw; return False when the audit must stop (an error or a defect found)."""
+        leaves = {**{k: v for k, v in inputs.items() if v.requires_grad}, **self.params}
+        contexts = [obs.draw_context(self.draws, inputs) for obs in self.ctx.observers]
+        with contextlib.ExitStack() as stack:
+            for cm in contexts:
+                stack.enter_context(cm)
+            try:
+                loss = self._forward(inputs)
+            except _ForwardError as wrapped:
+                exc = wrapped.__cause__
+                self._add("loss-error", f"the loss raised {type(exc).__name__}: {_short(str(exc))}",
+                          location=_user_location_of(exc, self.ctx.root))
+                self.result.error = error_info(exc)
+                return False
+            loss = self._classify_loss(loss)
+            if loss is None:
+                return False
+            try:
+                grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True) if leaves else ()
+                self._sync()
+            except Exception as exc:  # noqa: BLE001
+                self._backward_failed(exc)
+                return False
+        by_name = dict(zip(leaves, grads))
+        for name, track in self.tracks.items():
+            if track.requires_grad:
+                track.add(by_name.get(name))
+        return True
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def _classify_loss(self, loss: Any) -> torch.Tensor | None:
+        if not isinstance(loss, torch.Tensor):
+            if isinstance(loss, (int, float)) or type(loss).__module__ == "numpy":
+                self.result.loss = LossInfo(value=float(loss), shape=[], dtype=type(loss).__name__,
+                                            requires_grad=False, grad_fn=None, finite=math.isfinite(float(loss)))
+                self._add("loss-no-grad", f"the loss returned a Python {type(loss).__name__}, not a tensor:"
+                          " the graph was cut before the loss (.item(), float(), .tolist()?)")
+            else:
+                self._add("loss-error", f"the loss returned {type(loss).__name__}, not a tensor")
+            return None
+        if self.draws == 0:
+            self.result.loss = LossInfo(
+                value=None, shape=list(loss.shape), dtype=str(loss.dtype).removeprefix("torch."),
+                requires_grad=loss.requires_grad,
+                grad_fn=type(loss.grad_fn).__name__ if loss.grad_fn is not None else None, finite=True)
+        if loss.dim() != 0 or loss.numel() != 1:
+            if self.draws == 0:
+                self._add("loss-not-scalar", f"the loss has shape {list(loss.shape)}, not a scalar; "
+                          "it was reduced with sum() to audit it")
+            loss = loss.sum()
+        if loss.is_floating_point() or loss.is_complex():
+            value = loss.detach().float().cpu()
+            finite = bool(torch.isfinite(value).all())
+        else:
+            value, finite = loss.detach().double().cpu(), True
+        if self.draws == 0 and self.result.loss is not None:
+            self.result.loss.value = float(value.real if value.is_complex() else value)
+            self.result.loss.finite = finite
+        if not loss.requires_grad:
+            self._add("loss-no-grad", "the loss does not require grad"
+                      + (f" (dtype {str(loss.dtype).removeprefix('torch.')})" if not loss.is_floating_point()
+                         else "") + ": no input can get a gradient")
+            return None
+        if not finite and not any(f.id == "loss-nonfinite" for f in self.findings):
+            self._add("loss-nonfinite", f"the loss is {float(value)} in draw {self.draws}")
+        return loss
+
+    def _backward_failed(self, exc: BaseException) -> None:
+        message = str(exc)
+        trace = self._anomaly_trace()
+        self.result.error = error_info(exc, trace)
+        location = location_from(frames_from_text(trace), self.ctx.root) if trace else None
+        if VERSION_ERROR in message:
+            saved = re.search(r"which is output (\d+) of (\w+)", message)
+            versions = re.search(r"is at version (\d+); expected version (\d+)", message)
+            detail: dict[str, Any] = {}
+            text = "backward failed: a tensor saved for backward was modified in place"
+            if saved:
+                detail.update(saved_by=saved.group(2), output=int(saved.group(1)))
+                text = f"a tensor that {saved.group(2).removesuffix('Backward0')} saved for backward " \
+                       "was modified in place before backward"
+            if versions:
+                detail.update(version_now=int(versions.group(1)), version_saved=int(versions.group(2)))
+                text += f" (version {versions.group(2)} -> {versions.group(1)})"
+            self._add("inplace-version-conflict", text, location=location, detail=detail)
+        else:
+            self._add("backward-error", f"backward raised {type(exc).__name__}: {_short(message)}",
+                      location=location)
+
+    def _anomaly_trace(self, check_nan: bool = False) -> str | None:
+        """Re-run the current draw under anomaly mode and return the forward trace it records."""
+        inputs = self._inputs(self.draws)
+        if inputs is None:
+            return None
+        leaves = [v for v in inputs.values() if v.requires_grad] + list(self.params.values())
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                with torch.autograd.detect_anomaly(check_nan=check_nan):
+                    loss = self.fn(*inputs.values(), **self.spec.kwargs)
+                    if isinstance(loss, torch.Tensor) and loss.requires_grad:
+                        torch.autograd.grad(loss.sum(), leaves, allow_unused=True)
+                        self._sync()
+            except Exception as exc:  # noqa: BLE001 - the witness's own failure is what we want
+                self.anomaly_error = str(exc)
+        for w in caught:
+            text = str(w.message)
+            if "Traceback of forward call" in text:
+                return text.split(" (Triggered internally")[0].strip()
+        return None
+
+    # -- verdicts ---------------------------------------------------------------------------
+    def _add(self, finding_id: str, message: str, *, input: str | None = None,
+             location: Location | None = None, severity: str | None = None,
+             detail: dict[str, Any] | None = None) -> None:
+        self.findings.append(Finding(id=finding_id, severity=severity or default_severity(finding_id),
+                                     message=message, input=input, location=location,
+                                     detail=detail or {}))
+
+    def _judge_inputs(self) -> None:
+        declared = set(self.spec.expect.no_grad)
+        nonfinite_located = False
+        for name, track in self.tracks.items():
+            verdict = track.verdict(self.draws)
+            shape = f"{name} {track.shape}"
+            if name in declared or verdict in ("ok", "not-required"):
+                continue
+            if verdict == "none":
+                self._add("input-disconnected", f"{shape} requires grad but got no gradient (grad None): "
+                          "nothing in the loss depends on it through a differentiable path", input=name)
+            elif verdict == "zero":
+                self._add("zero-grad", f"{shape} gets a gradient that is zero everywhere, "
+                          f"in all {self.draws} draws", input=name)
+            elif verdict == "partial":
+                text, _ = describe_dead(~track.ever_nonzero, name)
+                self._add("partial-grad", f"{text} never receives a gradient "
+                          f"({track.dead} of {track.ever_nonzero.numel()} elements, {self.draws} draws)",
+                          input=name)
+            elif verdict == "nonfinite":
+                if any(f.id == "loss-nonfinite" for f in self.findings):
+                    continue  # the loss itself is NaN/Inf: that finding already says it
+                location, node = (None, None) if nonfinite_located else self._nonfinite_origin()
+                nonfinite_located = True
+                where = f"; first produced by {node}" if node else ""
+                self._add("nonfinite-grad", f"the gradient of {shape} holds {track.nonfinite} NaN/Inf "
+                          f"value{'s' if track.nonfinite != 1 else ''}{where}", input=name,
+                          location=location, detail={"node": node} if node else None)
+
+    def _nonfinite_origin(self) -> tuple[Location | None, str | None]:
+        """Re-run the first draw with anomaly mode's NaN check to find the backward node and its op."""
+        saved = self.draws
+        self.draws = 0
+        self.anomaly_error = None
+        try:
+            trace = self._anomaly_trace(check_nan=True)
+        finally:
+            self.draws = saved
+        node = None
+        if self.anomaly_error:
+            match = re.search(r"Function '(\w+)' returned nan", self.anomaly_error)
+            node = match.group(1) if match else None
+        if trace and self.result.error is None:
+            self.result.error = ErrorInfo(type="NonfiniteGradient", message=self.anomaly_error or
+                                          "a gradient holds NaN or Inf", traceback="", anomaly_trace=trace)
+        return (location_from(frames_from_text(trace), self.ctx.root) if trace else None), node
+
+    def finish(self) -> CaseResult:
+        """Turn the draws into input verdicts, findings and a status, applying `expect`."""
+        result = self.result
+        result.draws = self.draws
+        if result.status != "error":
+            if self.draws and not any(f.id in ("loss-error", "loss-no-grad") for f in self.findings):
+                self._judge_inputs()
+            for obs in self.ctx.observers:
+                obs.explain(self)
+            ignored = set(self.spec.expect.ignore)
+            findings = [f for f in self.findings if f.id not in ignored]
+            findings.sort(key=lambda f: -f.rank)
+            result.findings = findings
+            result.status = status_of(findings)
+            if self.spec.expect.status == "fail":
+                if result.status == "fail":
+                    result.expected = True
+                else:
+                    result.findings.insert(0, Finding(
+                        id="unexpected-pass", severity="fail",
+                        message="expect.status is fail, but the audit found no failure: "
+                                "the known bug is fixed, or the audit missed it; update the config"))
+                    result.status = "fail"
+        if self.draws or result.loss is not None:
+            result.inputs = [t.to_result(max(self.draws, 1)) for t in self.tracks.values()]
+        result.summary_line = summary_line(result)
+        return result
+
+
+def summary_line(result: CaseResult) -> str:
+    """The one line that says what is wrong with a result, for terminals and reports."""
+    if result.status == "error" and result.error:
+        return _short(result.error.message, 200)
+    worst = result.worst_finding()
+    if worst is None or worst.severity == "info":
+        return ""
+    text = worst.message
+    if worst.location:
+        text += f" at {worst.location.where}"
+        if worst.location.code:
+            text += f": {worst.location.code}"
+    return text
+
+
+def audit_case(spec: CaseSpec, device: str, ctx: AuditContext) -> CaseResult:
+    """Audit one case on one device (already known to be available)."""
+    return CaseAudit(spec, device, ctx).run()

@@ -1,0 +1,184 @@
+"""The command line: parse options, call one library function, write reports, map exit codes.
+
+Nothing here imports torch at start-up, so `gradaudit --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from gradaudit import __version__
+from gradaudit.errors import GradauditError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
+                  help="Audit the gradient paths of PyTorch loss functions before training starts.")
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+class FailOn(str, Enum):
+    fail = "fail"
+    warn = "warn"
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"gradaudit {__version__}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
+    """Audit the gradient paths of PyTorch loss functions before training starts."""
+
+
+def _announce(message: str) -> None:
+    err_console.print(message)
+
+
+def write_reports(results, out_dir: Path, json_path: Path | None = None, junit_path: Path | None = None,
+                  ) -> None:
+    """Write index.html and results.json into `out_dir`, and the extra copies asked for."""
+    from gradaudit.files import write_atomic
+    from gradaudit.htmlreport import write_html
+    from gradaudit.jsonreport import write_json
+
+    write_atomic(out_dir / "results.json", lambda s: write_json(results, s), announce=_announce)
+    if json_path is not None:
+        write_atomic(json_path, lambda s: write_json(results, s), announce=_announce)
+    write_atomic(out_dir / "index.html", lambda s: write_html(results, s), announce=_announce)
+    if junit_path is not None:
+        from gradaudit.junitreport import write_junit
+
+        write_atomic(junit_path, lambda s: write_junit(results, s), announce=_announce)
+
+
+def exit_code_of(results, fail_on: str = "fail") -> int:
+    """0 when every result passed (warnings too unless fail_on is warn), else 1."""
+    if results.bad:
+        return EXIT_FAILED
+    if fail_on == "warn" and any(r.status == "warn" for r in results.results):
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _fail(exc: GradauditError) -> None:
+    err_console.print(f"error: {exc}", markup=False, soft_wrap=True)
+    raise typer.Exit(exc.exit_code)
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="The config file (YAML).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for index.html and results.json.")]
+    = Path("gradaudit-report"),
+    json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write results.json here.")] = None,
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="Also write JUnit XML here.")] = None,
+    case: Annotated[Optional[list[str]], typer.Option("--case", help="Only cases matching this glob "
+                                                      "(repeatable).")] = None,
+    device: Annotated[Optional[list[str]], typer.Option("--device", help="Audit on this device instead of "
+                                                        "the config's (repeatable).")] = None,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Override every case's seed.")] = None,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", min=1, help="Worker processes.")] = None,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="Run slice K of N: K/N.")] = None,
+    fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Exit 1 on fail only, or on warn too.")]
+    = FailOn.fail,
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds per case and device.")]
+    = None,
+    no_isolate: Annotated[bool, typer.Option("--no-isolate", help="Run in this process (debugging).")]
+    = False,
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only problems and the summary.")]
+    = False,
+) -> None:
+    """Audit every case of CONFIG and write the report."""
+    from gradaudit.config import load_config
+    from gradaudit.runner import RunOptions
+    from gradaudit.runner import run as run_config
+    from gradaudit.terminal import print_summary, result_line
+
+    try:
+        cfg = load_config(config, display_path=str(config))
+        options = RunOptions(case_globs=case or [], devices=device or [], seed=seed, timeout=timeout,
+                             command=shlex.join(["gradaudit", *sys.argv[1:]]))
+        show = (lambda r: console.print(result_line(r), markup=False, highlight=False, soft_wrap=True)
+                if not quiet or r.status not in ("pass", "skip") else None)
+        results = run_config(cfg, options, on_result=show)
+        print_summary(results, console, quiet=quiet)
+        write_reports(results, output, json_path, junit)
+    except GradauditError as exc:
+        _fail(exc)
+    raise typer.Exit(exit_code_of(results, fail_on.value))
+
+
+@app.command()
+def validate(config: Annotated[Path, typer.Argument(help="The config file (YAML).")]) -> None:
+    """Check CONFIG's keys and import every loss, without running anything."""
+    from gradaudit.config import load_config
+    from gradaudit.validate import check_losses
+
+    try:
+        cfg = load_config(config, display_path=str(config))
+    except GradauditError as exc:
+        _fail(exc)
+    problems = check_losses(cfg)
+    for problem in problems:
+        err_console.print(problem, markup=False)
+    if problems:
+        raise typer.Exit(EXIT_FAILED)
+    names = {c.base_name for c in cfg.cases}
+    console.print(f"{config}: ok ({len(names)} case{'s' if len(names) != 1 else ''}, "
+                  f"{len(cfg.cases)} after dims matrices)", markup=False)
+
+
+@app.command()
+def report(
+    results_files: Annotated[list[Path], typer.Argument(help="results.json files; several merge.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for index.html and results.json.")]
+    = Path("gradaudit-report"),
+    junit: Annotated[Optional[Path], typer.Option("--junit", help="Also write JUnit XML here.")] = None,
+) -> None:
+    """Re-render the report from results files (shards of one run merge into one)."""
+    from gradaudit.jsonreport import read_json
+
+    try:
+        merged = None
+        for path in results_files:
+            part = read_json(path)
+            merged = part if merged is None else merged + part
+        merged.sort()
+        write_reports(merged, output, None, junit)
+    except GradauditError as exc:
+        _fail(exc)
+    console.print(f"gradaudit: {merged.summary.line()}", markup=False)
+
+
+@app.command()
+def init(path: Annotated[Path, typer.Argument(help="Where to write the starter config.")]
+         = Path("gradaudit.yaml"),
+         force: Annotated[bool, typer.Option("--force", help="Overwrite an existing file.")] = False) -> None:
+    """Write a commented starter config."""
+    from gradaudit.files import write_atomic
+    from gradaudit.starter import STARTER_CONFIG
+
+    if path.exists() and not force:
+        err_console.print(f"error: {path} exists; use --force to overwrite it", markup=False)
+        raise typer.Exit(EXIT_USAGE)
+    write_atomic(path, lambda s: s.write(STARTER_CONFIG), announce=_announce)
+    console.print(f"Next: gradaudit validate {path} && gradaudit run {path}", markup=False)
+
+
+def main() -> None:
+    """The console script's entry point."""
+    app()

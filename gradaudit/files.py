@@ -1,0 +1,45 @@
+"""The one place that writes output files: atomically, in UTF-8, announcing each one."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+
+def write_atomic(path: str | os.PathLike, write: Callable[[IO[str]], None], *, announce=None) -> Path:
+    """Write a text file through `write(stream)` to a temporary file, then rename it into place.
+
+    A run that is killed half-way never leaves a truncated file behind.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as stream:
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    if announce is not None:
+        announce(f"Wrote {describe(target)} to {target}")
+    return target
+
+
+def describe(path: Path) -> str:
+    """Name what a file holds from its suffix, for the "Wrote ..." line."""
+    return {
+        ".json": "results",
+        ".html": "HTML report",
+        ".xml": "JUnit XML",
+        ".md": "Markdown summary",
+        ".yaml": "config",
+    }.get(path.suffix, "file")

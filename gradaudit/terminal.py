@@ -1,0 +1,43 @@
+"""The terminal summary: a table of results and the line that broke each failing one."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from gradaudit.model import CaseResult, RunResults
+
+STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "error": "bold magenta",
+                "skip": "dim", "timeout": "bold red", "crash": "bold red"}
+
+
+def status_text(result: CaseResult) -> str:
+    style = STATUS_STYLE.get(result.status, "")
+    label = result.status.upper() + (" (expected)" if result.expected else "")
+    return f"[{style}]{label}[/]"
+
+
+def result_line(result: CaseResult) -> str:
+    """One line per finished result, for plain (non-TTY) output."""
+    text = f"{result.status.upper():7} {result.case} [{result.device}]"
+    if result.expected:
+        text += " (expected)"
+    if result.summary_line and result.status != "pass":
+        text += f"  {result.summary_line}"
+    return text
+
+
+def print_summary(results: RunResults, console: Console, *, quiet: bool = False) -> None:
+    """Print the results table (only problems when quiet) and the totals line."""
+    shown = [r for r in results.results if not quiet or r.status not in ("pass", "skip")]
+    if shown:
+        table = Table(show_edge=False, header_style="bold", expand=False)
+        table.add_column("case", overflow="fold")
+        table.add_column("device")
+        table.add_column("status")
+        table.add_column("what broke, where", overflow="fold")
+        for r in shown:
+            table.add_row(escape(r.case), escape(r.device), status_text(r), escape(r.summary_line))
+        console.print(table)
+    console.print(f"gradaudit: {escape(results.summary.line())} in {results.duration_s:.1f}s")

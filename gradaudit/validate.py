@@ -1,0 +1,40 @@
+"""`gradaudit validate`: import every loss of a config and check that it can be called."""
+
+from __future__ import annotations
+
+import inspect
+
+from gradaudit.config import Config
+from gradaudit.loading import add_import_roots, resolve
+
+
+def check_losses(config: Config) -> list[str]:
+    """Return one line per case whose loss cannot be imported, built or called with its inputs."""
+    add_import_roots(config.root, config.sys_path)
+    problems = []
+    seen: set[str] = set()
+    for spec in config.cases:
+        if spec.base_name in seen:
+            continue
+        seen.add(spec.base_name)
+        where = f"{config.display_path}:{spec.line}: case {spec.base_name!r}"
+        try:
+            obj = resolve(spec.loss, config.root)
+        except Exception as exc:  # noqa: BLE001 - any import failure is reported, not raised
+            problems.append(f"{where}: cannot import loss {spec.loss!r}: {type(exc).__name__}: {exc}")
+            continue
+        target = obj.forward if isinstance(obj, type) and hasattr(obj, "forward") else obj
+        try:
+            signature = inspect.signature(target)
+        except (TypeError, ValueError):
+            continue
+        args = [None] * len(spec.inputs)
+        if isinstance(obj, type) and hasattr(obj, "forward"):
+            args = [None, *args]  # self
+        try:
+            signature.bind(*args, **spec.kwargs)
+        except TypeError as exc:
+            problems.append(f"{where}: {spec.loss} cannot take inputs "
+                            f"({', '.join(i.name for i in spec.inputs)}) and kwargs "
+                            f"{sorted(spec.kwargs)}: {exc}")
+    return problems
