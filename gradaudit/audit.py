@@ -36,10 +36,12 @@ from gradaudit.model import (
 )
 from gradaudit.shapes import describe_dead, fold_map
 
-# Extra draws that confirm a suspected zero pattern: it must hold still this many draws in a row
-# (longer when it is scattered elements rather than whole slices), within a cap of draws.
-PATIENCE_SLICES = 6
-PATIENCE_SCATTERED = 12
+# A suspected zero pattern is confirmed by extra draws: the chance that elements which do get a
+# gradient now and then (at the rarer end of the observed rates) stayed zero in every draw by luck
+# must fall below FALSE_ALARM; an unconfirmed pattern at MAX_DRAWS is no finding.
+FALSE_ALARM = 1e-3
+RATE_QUANTILE = 0.1
+PRIOR_RATE = 0.5  # when no element ever got a gradient: how often one would, if it could
 MAX_DRAWS = 40
 
 VERSION_ERROR = "modified by an inplace operation"
@@ -63,29 +65,50 @@ class _Track:
     shape: list[int]
     dtype: str
     requires_grad: bool
-    ever_nonzero: torch.Tensor | None = None
+    alive_counts: torch.Tensor | None = None  # per element: draws in which its gradient was nonzero
+    draws: int = 0
     none_draws: int = 0
     nonfinite: int = 0
     norms: list[float] = field(default_factory=list)
-    dead_history: list[int] = field(default_factory=list)
 
     def add(self, grad: torch.Tensor | None) -> None:
+        self.draws += 1
+        if self.alive_counts is None:
+            self.alive_counts = torch.zeros(self.shape, dtype=torch.int32)
         if grad is None:
             self.none_draws += 1
-            if self.ever_nonzero is None:
-                self.ever_nonzero = torch.zeros(self.shape, dtype=torch.bool)
-        else:
-            g = grad.detach()
-            finite = torch.isfinite(g)
-            self.nonfinite = max(self.nonfinite, int((~finite).sum()))
-            nonzero = (g != 0).cpu()
-            self.ever_nonzero = nonzero if self.ever_nonzero is None else (self.ever_nonzero | nonzero)
-            self.norms.append(float(torch.linalg.vector_norm(torch.where(finite, g, 0).double())))
-        self.dead_history.append(int((~self.ever_nonzero).sum()))
+            return
+        g = grad.detach()
+        finite = torch.isfinite(g)
+        self.nonfinite = max(self.nonfinite, int((~finite).sum()))
+        self.alive_counts += (g != 0).cpu().to(torch.int32)
+        self.norms.append(float(torch.linalg.vector_norm(torch.where(finite, g, 0).double())))
+
+    @property
+    def ever_nonzero(self) -> torch.Tensor | None:
+        return None if self.alive_counts is None else self.alive_counts > 0
 
     @property
     def dead(self) -> int:
-        return self.dead_history[-1] if self.dead_history else 0
+        return 0 if self.alive_counts is None else int((self.alive_counts == 0).sum())
+
+    def false_alarm_odds(self) -> float:
+        """Expected number of dead elements that are only dead by chance, after these draws.
+
+        Elements that do get a gradient get it in some fraction of draws; a dead element with the
+        rate of the rarer live ones stays dead by chance with probability (1 - rate) ** draws.
+        """
+        counts = self.alive_counts
+        alive = counts[counts > 0]
+        if alive.numel():
+            rate = float(torch.quantile(alive.double() / self.draws, RATE_QUANTILE))
+        else:
+            rate = PRIOR_RATE
+        return self.dead * (1.0 - min(rate, 1.0)) ** self.draws
+
+    @property
+    def confirmed(self) -> bool:
+        return self.false_alarm_odds() < FALSE_ALARM
 
     def verdict(self, draws: int) -> str:
         if not self.requires_grad:
@@ -94,28 +117,19 @@ class _Track:
             return "nonfinite"
         if self.none_draws == draws:
             return "none"
-        if self.ever_nonzero is not None and self.ever_nonzero.numel() and not self.ever_nonzero.any():
+        if not self.dead or not self.confirmed:
+            return "ok"
+        if self.dead == self.alive_counts.numel():
             return "zero"
-        if self.dead:
-            return "partial"
-        return "ok"
-
-    def stable_for(self) -> int:
-        """Draws in a row, at the end, in which the dead set did not shrink."""
-        run = 0
-        for before, after in zip(self.dead_history[-2::-1], self.dead_history[::-1]):
-            if before != after:
-                break
-            run += 1
-        return run
+        return "partial"
 
     def to_result(self, draws: int) -> InputResult:
         verdict = self.verdict(draws)
         result = InputResult(name=self.name, shape=self.shape, dtype=self.dtype,
                              requires_grad=self.requires_grad, grad=verdict)
-        if self.requires_grad and self.ever_nonzero is not None:
-            numel = self.ever_nonzero.numel()
-            result.zero_fraction = round(1.0 - float(self.ever_nonzero.sum()) / numel, 6) if numel else 0.0
+        if self.requires_grad and self.alive_counts is not None:
+            numel = self.alive_counts.numel()
+            result.zero_fraction = round(self.dead / numel, 6) if numel else 0.0
             result.nonfinite_count = self.nonfinite
             result.grad_norm = round(sum(self.norms) / len(self.norms), 6) if self.norms else None
             if verdict in ("zero", "partial"):
@@ -243,6 +257,7 @@ class CaseAudit:
                 return
 
     def _want_more(self) -> bool:
+        """Draw again until every suspected zero pattern is confirmed or ruled out."""
         if self.draws < self.spec.repeats:
             return True
         if self.draws >= MAX_DRAWS:
@@ -251,12 +266,9 @@ class CaseAudit:
         for track in self.tracks.values():
             if not track.requires_grad or track.name in declared or track.nonfinite:
                 continue
-            if track.none_draws == self.draws or not track.dead:
+            if track.none_draws == track.draws or not track.dead:
                 continue
-            scattered = (track.ever_nonzero.dim() < 2
-                         or describe_dead(~track.ever_nonzero, track.name)[1] is None)
-            patience = PATIENCE_SCATTERED if scattered else PATIENCE_SLICES
-            if track.stable_for() < patience:
+            if not track.confirmed:
                 return True
         return False
 
@@ -265,6 +277,10 @@ class CaseAudit:
         leaves = {**{k: v for k, v in inputs.items() if v.requires_grad}, **self.params}
         contexts = [obs.draw_context(self.draws, inputs) for obs in self.ctx.observers]
         with contextlib.ExitStack() as stack:
+            # The user's warnings are recorded, never raised by a caller's "error" filter.
+            caught = stack.enter_context(warnings.catch_warnings(record=True))
+            warnings.simplefilter("always")
+            stack.callback(self._keep_warnings, caught)
             for cm in contexts:
                 stack.enter_context(cm)
             try:
@@ -278,17 +294,27 @@ class CaseAudit:
             loss = self._classify_loss(loss)
             if loss is None:
                 return False
+            for leaf in leaves.values():
+                leaf.grad = None
             try:
-                grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True) if leaves else ()
+                # backward(), as training calls it: it walks the whole graph, so a graph kept
+                # alive across calls fails here as it would in step two of training.
+                loss.backward()
                 self._sync()
             except Exception as exc:  # noqa: BLE001
                 self._backward_failed(exc)
                 return False
-        by_name = dict(zip(leaves, grads))
+        by_name = {name: leaf.grad for name, leaf in leaves.items()}
         for name, track in self.tracks.items():
             if track.requires_grad:
                 track.add(by_name.get(name))
         return True
+
+    def _keep_warnings(self, caught: list[warnings.WarningMessage]) -> None:
+        for w in caught:
+            text = f"{w.category.__name__}: {str(w.message).split(' (Triggered internally')[0]}"
+            if "Anomaly Detection has been enabled" not in text and text not in self.result.warnings:
+                self.result.warnings.append(text)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -358,14 +384,13 @@ class CaseAudit:
         inputs = self._inputs(self.draws)
         if inputs is None:
             return None
-        leaves = [v for v in inputs.values() if v.requires_grad] + list(self.params.values())
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
                 with torch.autograd.detect_anomaly(check_nan=check_nan):
                     loss = self.fn(*inputs.values(), **self.spec.kwargs)
                     if isinstance(loss, torch.Tensor) and loss.requires_grad:
-                        torch.autograd.grad(loss.sum(), leaves, allow_unused=True)
+                        loss.sum().backward()
                         self._sync()
             except Exception as exc:  # noqa: BLE001 - the witness's own failure is what we want
                 self.anomaly_error = str(exc)

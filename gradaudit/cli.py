@@ -112,8 +112,11 @@ def run(
         cfg = load_config(config, display_path=str(config))
         options = RunOptions(case_globs=case or [], devices=device or [], seed=seed, timeout=timeout,
                              command=shlex.join(["gradaudit", *sys.argv[1:]]))
-        show = (lambda r: console.print(result_line(r), markup=False, highlight=False, soft_wrap=True)
-                if not quiet or r.status not in ("pass", "skip") else None)
+
+        def show(result) -> None:
+            if not quiet or result.status not in ("pass", "skip"):
+                console.print(result_line(result), markup=False, highlight=False, soft_wrap=True)
+
         results = run_config(cfg, options, on_result=show)
         print_summary(results, console, quiet=quiet)
         write_reports(results, output, json_path, junit)

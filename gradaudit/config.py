@@ -325,7 +325,7 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
     specs = []
     combos = list(itertools.product(*[v for _, v in matrix_axes])) if matrix_axes else [()]
     for combo in combos:
-        matrix = {d: v for (d, _), v in zip(matrix_axes, combo)}
+        matrix = {d: v for (d, _), v in zip(matrix_axes, combo, strict=True)}
         dims = {**fixed, **matrix}
         inputs = _check_inputs(inputs_raw, dims, settings["dtype"], inputs_path, c)
         if inputs is None:

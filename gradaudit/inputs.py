@@ -95,7 +95,8 @@ def make_inputs(specs: list[InputSpec], seed: int, case: str, draw: int, root: P
     return tensors
 
 
-def to_device(tensors: dict[str, torch.Tensor], specs: list[InputSpec], device: torch.device) -> dict[str, torch.Tensor]:
+def to_device(tensors: dict[str, torch.Tensor], specs: list[InputSpec],
+              device: torch.device) -> dict[str, torch.Tensor]:
     """Copy CPU-made inputs to the device as fresh leaves, requiring grad where the spec says."""
     out = {}
     for spec in specs:

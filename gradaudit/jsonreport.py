@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import IO
 
@@ -12,14 +13,19 @@ from gradaudit.model import SCHEMA, RunResults
 
 def write_json(results: RunResults, stream: IO[str]) -> None:
     """Write results as indented JSON."""
-    json.dump(results.to_dict(), stream, indent=2, allow_nan=False, default=_jsonable)
+    json.dump(finite_json(results.to_dict()), stream, indent=2, allow_nan=False, default=str)
     stream.write("\n")
 
 
-def _jsonable(value):
-    if isinstance(value, float):
-        return None
-    return str(value)
+def finite_json(value):
+    """Replace NaN and Inf, which JSON cannot hold, by the strings "nan", "inf" and "-inf"."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(v) for v in value]
+    return value
 
 
 def read_json(path: str | Path) -> RunResults:

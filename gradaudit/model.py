@@ -191,6 +191,7 @@ class CaseResult:
     skip_reason: str | None = None
     baseline: str | None = None  # new-failure / still-failing / fixed / new-case, against a baseline
     summary_line: str = ""  # the one line that says what is wrong, computed once here
+    warnings: list[str] = field(default_factory=list)  # warnings the loss raised, once each
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -203,9 +204,9 @@ class CaseResult:
             "reproduce": self.reproduce,
             "expected": self.expected, "loss_ref": self.loss_ref, "group": self.group,
             "draws": self.draws, "skip_reason": self.skip_reason, "baseline": self.baseline,
-            "summary_line": self.summary_line,
+            "summary_line": self.summary_line, "warnings": self.warnings,
         }
-        return _prune(data, ("skip_reason", "baseline"))
+        return _prune(data, ("skip_reason", "baseline", "warnings"))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CaseResult:

@@ -13,7 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = REPO.parent / "shared"
+# ../shared sits beside the checkout (in CI too); from a git worktree, look further up.
+SHARED = next((p / "shared" for p in REPO.parents if (p / "shared" / "tools").is_dir()),
+              REPO.parent / "shared")
 CHECK_RESULTS = SHARED / "tools" / "check_results.py"
 LOSSES = Path(__file__).resolve().parent / "losses"
 
