@@ -189,6 +189,8 @@ class CaseAudit:
         try:
             if self._load():
                 self._draws()
+                if self.spec.gradcheck:
+                    self._gradcheck()
         finally:
             self.result.duration_s = time.perf_counter() - start
         return self.finish()
@@ -200,7 +202,8 @@ class CaseAudit:
 
     def _load(self) -> bool:
         try:
-            obj = resolve(self.spec.loss, self.ctx.root)
+            obj = self.spec.loss_obj if self.spec.loss_obj is not None else resolve(self.spec.loss,
+                                                                                    self.ctx.root)
         except BaseException as exc:  # noqa: BLE001 - any import failure is this case's error
             if isinstance(exc, KeyboardInterrupt):
                 raise
@@ -214,17 +217,17 @@ class CaseAudit:
             except Exception as exc:  # noqa: BLE001
                 self._error(exc, f"cannot build {obj.__name__}(**init_kwargs)")
                 return False
-            if isinstance(built, torch.nn.Module):
-                built = built.to(self.device)
-                self.module = built
-                self.params = {f"param:{n}": p for n, p in built.named_parameters() if p.requires_grad}
-                for name, p in built.named_parameters():
-                    if not p.requires_grad:
-                        self.tracks[f"param:{name}"] = _Track(f"param:{name}", list(p.shape),
-                                                              str(p.dtype).removeprefix("torch."), False)
-            self.fn = built
         else:
-            self.fn = obj
+            built = obj  # a function, or an nn.Module instance handed to the Python API
+        if isinstance(built, torch.nn.Module):
+            built = built.to(self.device)
+            self.module = built
+            self.params = {f"param:{n}": p for n, p in built.named_parameters() if p.requires_grad}
+            for name, p in built.named_parameters():
+                if not p.requires_grad:
+                    self.tracks[f"param:{name}"] = _Track(f"param:{name}", list(p.shape),
+                                                          str(p.dtype).removeprefix("torch."), False)
+        self.fn = built
         for spec in self.spec.inputs:
             self.tracks[spec.name] = _Track(spec.name, list(spec.shape), spec.dtype, spec.requires_grad)
         for name, p in self.params.items():
@@ -399,6 +402,18 @@ class CaseAudit:
             if "Traceback of forward call" in text:
                 return text.split(" (Triggered internally")[0].strip()
         return None
+
+    def _gradcheck(self) -> None:
+        """Compare the analytic gradient with finite differences, where the audit found no defect."""
+        from gradaudit.gradcheck import check_gradients
+
+        if self.result.status == "error" or any(f.severity == "fail" for f in self.findings):
+            return
+        declared = set(self.spec.expect.no_grad)
+        if any(t.verdict(self.draws) not in ("ok", "not-required") and t.name not in declared
+               for t in self.tracks.values()):
+            return  # a gradient that is missing or zero is reported as such; gradcheck adds nothing
+        check_gradients(self)
 
     # -- verdicts ---------------------------------------------------------------------------
     def _add(self, finding_id: str, message: str, *, input: str | None = None,

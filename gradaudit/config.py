@@ -33,6 +33,8 @@ class InputSpec:
     requires_grad: bool
     init: str
     params: dict[str, Any] = field(default_factory=dict)
+    # The dim name behind each size of `shape` (None for a literal size), so gradcheck can shrink.
+    shape_dims: list[str | None] = field(default_factory=list)
 
     @property
     def is_floating(self) -> bool:
@@ -69,9 +71,13 @@ class CaseSpec:
     rtol: float = 1e-4
     atol: float = 1e-5
     gradcheck: bool = False
+    gradcheck_elements: int = 64
     # Settings added by later features that have no field yet: name -> value.
     extra: dict[str, Any] = field(default_factory=dict)
     line: int = 0  # where the case starts in the config, for messages
+    # A live callable (or nn.Module) given through the Python API instead of importing `loss`;
+    # it cannot travel to another process, so such a spec is audited in the caller's process.
+    loss_obj: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -254,6 +260,19 @@ def _check_top(data: Any, c: _Checker, root: Path) -> tuple[list[CaseSpec], list
     return specs, sys_path
 
 
+def case_specs(case: dict, display: str) -> list[CaseSpec]:
+    """Check one case given as Python data (the Python API) exactly like a config's case.
+
+    Raise ConfigError listing every problem, worded as for a config file, with `display`
+    (say "audit(ratio_loss)") in place of the file and line.
+    """
+    checker = _Checker(display, _Marks())
+    specs = _check_case(case, {}, (), checker)
+    if checker.problems:
+        raise ConfigError(display, checker.problems, what="invalid arguments")
+    return specs
+
+
 # Settings that later features add; a case may give them and they land in CaseSpec.extra.
 EXTRA_SETTINGS: dict[str, schema.Key] = {}
 
@@ -340,7 +359,8 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
             devices=list(settings["devices"]), dtype=settings["dtype"], seed=settings["seed"],
             repeats=settings["repeats"], timeout=float(settings["timeout"]),
             rtol=float(settings["rtol"]), atol=float(settings["atol"]),
-            gradcheck=settings["gradcheck"], extra=extra,
+            gradcheck=settings["gradcheck"], gradcheck_elements=settings["gradcheck_elements"],
+            extra=extra,
             line=(c.marks.value.get(path).line + 1) if c.marks.value.get(path) else 0,
         ))
     return specs
@@ -361,7 +381,7 @@ def _check_settings(settings: dict, defaults: dict, case: dict, path: tuple, c: 
     if isinstance(dtype, str) and dtype not in schema.FLOAT_DTYPES:
         c.error(_origin(defaults, case, path, "dtype"),
                 f"dtype {dtype!r} must be a floating dtype{_suggest(dtype, schema.FLOAT_DTYPES)}")
-    for key in ("repeats",):
+    for key in ("repeats", "gradcheck_elements"):
         if isinstance(settings.get(key), int) and settings[key] < 1:
             c.error(_origin(defaults, case, path, key), f"{key} must be at least 1")
     for key in ("timeout", "rtol", "atol"):
@@ -437,14 +457,17 @@ def _check_inputs(inputs: dict, dims: dict[str, int], default_dtype: str, path: 
         if isinstance(shape_raw, int) and not isinstance(shape_raw, bool):
             shape_raw = [shape_raw]
         shape: list[int] = []
+        shape_dims: list[str | None] = []
         if not isinstance(shape_raw, list):
             c.error(ipath + ("shape",), f"shape must be a list of sizes or dim names, got {shape_raw!r}")
         else:
             for j, size in enumerate(shape_raw):
                 if isinstance(size, int) and not isinstance(size, bool) and size >= 0:
                     shape.append(size)
+                    shape_dims.append(None)
                 elif isinstance(size, str) and size in dims:
                     shape.append(dims[size])
+                    shape_dims.append(size)
                 elif isinstance(size, str):
                     c.error(ipath + ("shape", j),
                             f"dim {size!r} is not defined in dims{_suggest(size, dims)}", on_key=False)
@@ -479,7 +502,7 @@ def _check_inputs(inputs: dict, dims: dict[str, int], default_dtype: str, path: 
             c.error(ipath + ("requires_grad",), f"only floating inputs can require grad; dtype is {dtype}")
         specs.append(InputSpec(name=str(name), shape=shape, dtype=dtype,
                                requires_grad=floating if requires_grad is None else bool(requires_grad),
-                               init=init, params=params))
+                               init=init, params=params, shape_dims=shape_dims))
     if len(c.problems) > before:
         return None
     return specs

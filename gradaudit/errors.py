@@ -10,12 +10,12 @@ class GradauditError(Exception):
 class ConfigError(GradauditError):
     """A config file that cannot be used: nothing runs."""
 
-    def __init__(self, path: str, problems: list[str]):
+    def __init__(self, path: str, problems: list[str], what: str = "invalid config"):
         self.path = path
         self.problems = problems
         shown = "\n".join(f"  {p}" for p in problems[:20])
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-        super().__init__(f"{path}: invalid config\n{shown}{more}")
+        super().__init__(f"{path}: {what}\n{shown}{more}")
 
 
 class UsageError(GradauditError):

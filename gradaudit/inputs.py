@@ -66,6 +66,11 @@ def make_input(spec: InputSpec, generator: torch.Generator, root: Path) -> torch
             raise InputError(f"one_hot: num_classes {classes} differs from the last dim {shape[-1]}")
         idx = torch.randint(0, classes, shape[:-1], generator=generator)
         t = torch.nn.functional.one_hot(idx, classes)
+    elif init == "value" and isinstance(p["value"], torch.Tensor):
+        # A real tensor handed to the Python API: used as is, on a copy.
+        t = p["value"].detach().to("cpu", copy=True)
+        if tuple(t.shape) != shape:
+            raise InputError(f"value has shape {list(t.shape)}, but shape says {list(shape)}")
     elif init == "value":
         try:
             t = torch.tensor(p["value"], dtype=dtype)

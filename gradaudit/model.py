@@ -192,6 +192,8 @@ class CaseResult:
     baseline: str | None = None  # new-failure / still-failing / fixed / new-case, against a baseline
     summary_line: str = ""  # the one line that says what is wrong, computed once here
     warnings: list[str] = field(default_factory=list)  # warnings the loss raised, once each
+    # What gradcheck did, where asked: the dims it used (shrunk to its element budget), the draws.
+    gradcheck: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -204,9 +206,9 @@ class CaseResult:
             "reproduce": self.reproduce,
             "expected": self.expected, "loss_ref": self.loss_ref, "group": self.group,
             "draws": self.draws, "skip_reason": self.skip_reason, "baseline": self.baseline,
-            "summary_line": self.summary_line, "warnings": self.warnings,
+            "summary_line": self.summary_line, "warnings": self.warnings, "gradcheck": self.gradcheck,
         }
-        return _prune(data, ("skip_reason", "baseline", "warnings"))
+        return _prune(data, ("skip_reason", "baseline", "warnings", "gradcheck"))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CaseResult:
@@ -294,6 +296,48 @@ class RunResults:
     @property
     def bad(self) -> list[CaseResult]:
         return [r for r in self.results if r.is_bad]
+
+    # -- conveniences of the Python API (gradaudit.audit returns a RunResults) ---------------
+    @property
+    def ok(self) -> bool:
+        """Whether nothing failed (passes, warnings, skips and expected failures are ok)."""
+        return not self.bad
+
+    @property
+    def findings(self) -> list[Finding]:
+        """Every finding of every result, in result order."""
+        return [f for r in self.results for f in r.findings]
+
+    def to_json(self) -> str:
+        """The results.json text of this run."""
+        import io
+
+        from gradaudit.jsonreport import write_json
+
+        stream = io.StringIO()
+        write_json(self, stream)
+        return stream.getvalue()
+
+    def __repr__(self) -> str:
+        from gradaudit.terminal import plain_summary
+
+        return plain_summary(self)
+
+    def _repr_html_(self) -> str:
+        from gradaudit.notebook import results_html
+
+        return results_html(self)
+
+    def raise_for_findings(self, fail_on: str = "fail") -> None:
+        """Raise AssertionError, worded like the terminal summary, if a result failed.
+
+        With fail_on="warn", warnings fail too (as `gradaudit run --fail-on warn`).
+        """
+        from gradaudit.terminal import plain_summary
+
+        failing = [r for r in self.results if r.is_bad or (fail_on == "warn" and r.status == "warn")]
+        if failing:
+            raise AssertionError(plain_summary(self, only=failing))
 
     def to_dict(self) -> dict[str, Any]:
         data = {

@@ -42,6 +42,9 @@ SETTING_KEYS = [
     Key("atol", "float", "Absolute tolerance of the cpu-vs-cuda comparison.", default=1.0e-5),
     Key("gradcheck", "bool", "Check the analytic gradient against finite differences in "
         "float64 on small inputs.", default=False),
+    Key("gradcheck_elements", "int", "Element budget of gradcheck: dims are shrunk, largest first, "
+        "until the differentiable inputs hold at most this many elements; the result says which "
+        "dims it used.", default=64),
 ]
 
 CASE_KEYS = [

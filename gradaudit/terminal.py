@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from gradaudit.model import CaseResult, RunResults
+from gradaudit.model import CaseResult, Finding, RunResults
 
 STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "error": "bold magenta",
                 "skip": "dim", "timeout": "bold red", "crash": "bold red"}
@@ -41,3 +41,36 @@ def print_summary(results: RunResults, console: Console, *, quiet: bool = False)
             table.add_row(escape(r.case), escape(r.device), status_text(r), escape(r.summary_line))
         console.print(table)
     console.print(f"gradaudit: {escape(results.summary.line())} in {results.duration_s:.1f}s")
+
+
+def finding_text(finding: Finding) -> str:
+    """A finding as plain text: its ID and message, then the culprit line where known."""
+    text = f"{finding.id}: {finding.message}"
+    loc = finding.location
+    if loc:
+        text += f"\n  at {loc.where}" + (f" in {loc.function}" if loc.function else "")
+        if loc.code:
+            text += f": {loc.code}"
+    return text
+
+
+def result_text(result: CaseResult) -> str:
+    """A result as plain text: its status line, every finding with its culprit line, how to rerun."""
+    head = f"{result.status.upper():7} {result.case} [{result.device}]"
+    if result.expected:
+        head += " (expected)"
+    lines = [head]
+    shown = [f for f in result.findings if f.severity != "info"]
+    for finding in shown:
+        lines += ["  " + line for line in finding_text(finding).splitlines()]
+    if not shown and result.summary_line and result.status != "pass":
+        lines.append(f"  {result.summary_line}")
+    if result.status != "pass" and result.reproduce:
+        lines.append(f"  reproduce: {result.reproduce}")
+    return "\n".join(lines)
+
+
+def plain_summary(results: RunResults, only: list[CaseResult] | None = None) -> str:
+    """The totals line and each result (or only those given) as plain text, for repr and asserts."""
+    shown = results.results if only is None else only
+    return "\n".join([f"gradaudit: {results.summary.line()}", *(result_text(r) for r in shown)])

@@ -1,0 +1,184 @@
+"""The Python API: audit a loss from a test or a notebook, through the config's checks and the runner.
+
+`audit()` turns its arguments into the same case dict a config file holds, checks it with the
+config's own checker (so a mistake reads as it would in YAML), and runs it with `runner.run`, the
+function behind `gradaudit run`. No torch is imported until `audit()` is called.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from gradaudit.errors import ConfigError
+from gradaudit.model import RunResults
+
+_UNSET = object()
+
+
+class Spec:
+    """One input of a loss, with the same keys as an input in the config file.
+
+    `Spec(shape=(8, 4))`, `Spec(shape=("B",), dtype="int64", init="randint", high=4)`,
+    `Spec(init="uniform", low=0.5, high=2.0, shape=(8, 2))`; init parameters sit beside `init`.
+    """
+
+    def __init__(self, shape: Any = (), dtype: Any = None, requires_grad: bool | None = None,
+                 init: str | None = None, **params: Any) -> None:
+        self.shape = shape
+        self.dtype = dtype
+        self.requires_grad = requires_grad
+        self.init = init
+        self.params = params
+
+    def to_dict(self) -> dict[str, Any]:
+        """The input as the config would hold it."""
+        data: dict[str, Any] = {"shape": _plain_shape(self.shape)}
+        if self.dtype is not None:
+            data["dtype"] = _dtype_name(self.dtype)
+        if self.requires_grad is not None:
+            data["requires_grad"] = self.requires_grad
+        if self.init is not None:
+            data["init"] = self.init
+        data.update(self.params)
+        return data
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.to_dict().items())
+        return f"Spec({args})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Spec) and self.to_dict() == other.to_dict()
+
+
+def _plain_shape(shape: Any) -> Any:
+    if isinstance(shape, (tuple, list)) or type(shape).__name__ == "Size":
+        return list(shape)
+    return shape
+
+
+def _dtype_name(dtype: Any) -> Any:
+    """`torch.float32` or "float32" -> "float32"."""
+    return str(dtype).removeprefix("torch.") if not isinstance(dtype, str) else dtype
+
+
+def loss_ref(loss: Any) -> str:
+    """A `module:qualname` naming a callable, for results and messages."""
+    if isinstance(loss, str):
+        return loss
+    target = loss if hasattr(loss, "__qualname__") else type(loss)
+    return f"{getattr(target, '__module__', None) or '__main__'}:{target.__qualname__}"
+
+
+def _case_name(loss: Any) -> str:
+    if isinstance(loss, str):
+        raw = loss.rpartition(":")[2]
+    else:
+        raw = getattr(loss, "__name__", None) or type(loss).__name__
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", raw).strip("_") or "loss"
+
+
+def _input_dict(name: str, value: Any, display: str) -> dict[str, Any]:
+    import torch
+
+    if isinstance(value, Spec):
+        return value.to_dict()
+    if isinstance(value, torch.Tensor):
+        data: dict[str, Any] = {"shape": list(value.shape), "dtype": _dtype_name(value.dtype),
+                                "init": "value", "value": value}
+        if value.requires_grad:
+            data["requires_grad"] = True
+        return data
+    if isinstance(value, Mapping):
+        data = dict(value)
+        if "shape" in data:
+            data["shape"] = _plain_shape(data["shape"])
+        if "dtype" in data:
+            data["dtype"] = _dtype_name(data["dtype"])
+        return data
+    raise ConfigError(display, [f"{display}: inputs.{name}: must be a gradaudit.Spec, a tensor or a "
+                                f"mapping of input keys, got {type(value).__name__}"],
+                      what="invalid arguments")
+
+
+def build_case(loss: Any, inputs: Mapping[str, Any], name: str | None = None,
+               **settings: Any) -> tuple[dict[str, Any], str]:
+    """The config case dict for `audit()`'s arguments, and the name to show in messages."""
+    ref = loss_ref(loss)
+    name = name or _case_name(loss)
+    display = f"audit({name})"
+    if not isinstance(inputs, Mapping):
+        raise ConfigError(display, [f"{display}: inputs: must be a mapping of input name to Spec or "
+                                    f"tensor, got {type(inputs).__name__}"], what="invalid arguments")
+    case: dict[str, Any] = {"name": name, "loss": ref,
+                            "inputs": {k: _input_dict(k, v, display) for k, v in inputs.items()}}
+    for key, value in settings.items():
+        if value is not _UNSET and value is not None:
+            case[key] = list(value) if key == "devices" and isinstance(value, tuple) else value
+    return case, display
+
+
+def audit(loss: Callable | str, inputs: Mapping[str, Any], *, name: str | None = None,
+          devices: list[str] | None = None, root: str | Path | None = None,
+          **settings: Any) -> RunResults:
+    """Audit one loss on each device and return the run's results (what `gradaudit run` writes).
+
+    `loss` is a function, an nn.Module (instance or class) or a "module:qualname" string;
+    `inputs` maps each positional argument's name to a `Spec`, a real tensor or a mapping of
+    config input keys. Any case key of the config may be given: `dims`, `kwargs`, `init_kwargs`,
+    `expect`, `dtype`, `seed`, `repeats`, `gradcheck`, ... `root` is the folder that culprit
+    paths are shown relative to (default: the working folder).
+    """
+    from gradaudit.config import Config, case_specs
+    from gradaudit.runner import RunOptions, run
+
+    case, display = build_case(loss, inputs, name=name, devices=devices, **settings)
+    specs = case_specs(case, display)
+    if not isinstance(loss, str):
+        for spec in specs:
+            spec.loss_obj = loss
+    folder = Path(root) if root is not None else Path.cwd()
+    config = Config(path=folder.resolve() / display, display_path=display, sha256="", sys_path=[],
+                    cases=specs)
+    results = run(config, RunOptions(command=f"gradaudit.audit({case['loss']})"))
+    for result in results.results:
+        result.reproduce = (f"gradaudit.audit({case['loss']}, inputs=..., devices=[{result.device!r}], "
+                            f"seed={result.seed})")
+    return results
+
+
+def case(*, inputs: Mapping[str, Any], name: str | None = None, **settings: Any) -> Callable:
+    """Mark a loss for the pytest plugin: each device of the case becomes a test item.
+
+    ```
+    @gradaudit.case(inputs={"predictions": gradaudit.Spec(shape=(8, 2))}, devices=["cpu"])
+    def ratio_loss(predictions): ...
+    ```
+    The loss stays callable as before; stack the decorator to audit several cases of one loss.
+    """
+
+    def mark(loss: Any) -> AuditedLoss:
+        previous = loss.cases if isinstance(loss, AuditedLoss) else []
+        target = loss.loss if isinstance(loss, AuditedLoss) else loss
+        return AuditedLoss(target, [*previous, {"inputs": inputs, "name": name, **settings}])
+
+    return mark
+
+
+class AuditedLoss:
+    """A loss marked with `@gradaudit.case`: still callable, and collected by the pytest plugin."""
+
+    def __init__(self, loss: Any, cases: list[dict[str, Any]]) -> None:
+        self.loss = loss
+        self.cases = cases
+        self.__wrapped__ = loss
+        self.__name__ = getattr(loss, "__name__", type(loss).__name__)
+        self.__doc__ = getattr(loss, "__doc__", None)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.loss(*args, **kwargs)
+
+    def __repr__(self) -> str:
+        return f"<gradaudit.case of {loss_ref(self.loss)}: {len(self.cases)} case(s)>"
