@@ -294,6 +294,9 @@ class CaseAudit:
                           location=_user_location_of(exc, self.ctx.root))
                 self.result.error = error_info(exc)
                 return False
+            for obs in self.ctx.observers:
+                if hasattr(obs, "loss_returned"):
+                    obs.loss_returned(loss)
             loss = self._classify_loss(loss)
             if loss is None:
                 return False
@@ -507,7 +510,7 @@ def summary_line(result: CaseResult) -> str:
     if worst is None or worst.severity == "info":
         return ""
     text = worst.message
-    if worst.location:
+    if worst.location and worst.location.where not in text:
         text += f" at {worst.location.where}"
         if worst.location.code:
             text += f": {worst.location.code}"

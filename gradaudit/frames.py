@@ -29,6 +29,14 @@ def is_user_file(filename: str) -> bool:
     return True
 
 
+def _is_ours(filename: str) -> bool:
+    """A gradaudit frame that calls user code (the tracer, which user code calls, is not one)."""
+    if not filename or filename.startswith("<"):
+        return False
+    path = str(Path(filename).resolve())
+    return path.startswith(_OURS + os.sep) and not path.endswith(f"{os.sep}tracing.py")
+
+
 def display_path(filename: str, root: Path | None) -> str:
     """A path relative to the config's folder where it lies under it, else as is."""
     if root is not None:
@@ -53,7 +61,14 @@ def context_of(filename: str, line: int, radius: int = 3) -> tuple[int, list[str
 
 
 def location_from(frames: list[tuple[str, int, str]], root: Path | None) -> Location | None:
-    """The innermost user frame of a stack (outermost first), with the user call chain."""
+    """The innermost user frame of a stack (outermost first), with the user call chain.
+
+    Frames up to gradaudit's own last frame (the console script, a test calling the audit) are
+    not part of the user's call chain.
+    """
+    ours = [i for i, f in enumerate(frames) if _is_ours(f[0])]
+    if ours:
+        frames = frames[ours[-1] + 1:]
     user = [f for f in frames if is_user_file(f[0])]
     if not user:
         return None

@@ -79,7 +79,9 @@ def run_in_process(config: Config, jobs: list[Job],
     from gradaudit.loading import add_import_roots
 
     add_import_roots(config.root, config.sys_path)
-    ctx = AuditContext(root=config.root, config_display=config.display_path)
+    from gradaudit.tracing import default_observers
+
+    ctx = AuditContext(root=config.root, config_display=config.display_path, observers=default_observers())
     results = []
     for job in jobs:
         reason = skip_reason(job.device)
