@@ -518,6 +518,10 @@ class TraceObserver:
     def explain(self, audit: Any) -> None:
         try:
             Explainer(self.tracer, audit).run()
+        except Exception as exc:  # noqa: BLE001 - an explanation that fails must not lose the verdicts
+            warnings_list = getattr(audit.result, "warnings", None)
+            if isinstance(warnings_list, list):
+                warnings_list.append(f"gradaudit could not trace this case: {type(exc).__name__}: {exc}")
         finally:
             self.tracer = Tracer()
 
@@ -597,7 +601,7 @@ class Explainer:
             if rec.id in explained:
                 targets = explained[rec.id]
                 first = targets[0]
-                what = self.what(first)
+                what = self.what(first, rec)
                 if rec.why == "zero-derivative":
                     text = f"{code}{where} passes {what} on with a zero gradient: {words}"
                 else:
@@ -620,9 +624,10 @@ class Explainer:
         audit.findings[:0] = fails
         audit.findings.extend(infos)
 
-    def what(self, finding: Finding) -> str:
+    def what(self, finding: Finding, rec: Record) -> str:
         if finding.id == "loss-no-grad":
-            return "every input"
+            lost = sorted(self.lost_names(rec))
+            return ", ".join(f"`{n}`" for n in lost) if lost else "every input"
         name = finding.input
         track = self.audit.tracks.get(name)
         if finding.id == "partial-grad" and track is not None and track.ever_nonzero is not None:
@@ -652,7 +657,7 @@ class Explainer:
                     f"{mod_code} at {mod_loc.where if mod_loc else '?'} changed in place a tensor that "
                     f"{saved_code}{saved_where} saved for backward (version {conflict.version_saved} -> "
                     f"{conflict.version_now}), so backward cannot run; use the out-of-place op")
-                finding.location = mod_loc or saved_loc
+                finding.location = saved_loc or mod_loc
             else:
                 finding.message = (f"a tensor that {saved_code}{saved_where} saved for backward was changed "
                                    f"in place (version {conflict.version_saved} -> {conflict.version_now})")
@@ -774,7 +779,7 @@ class Explainer:
 
             handles.append(node.register_hook(hook))
         try:
-            torch.autograd.grad(loss, leaves, allow_unused=True)
+            torch.autograd.grad(loss, leaves, allow_unused=True, retain_graph=True)
         finally:
             for h in handles:
                 h.remove()

@@ -66,8 +66,10 @@ def test_detached_column_is_found_and_its_twin_passes():
     detached_ratio(x, torch.randn(8)).backward()
     assert bool((x.grad[:, 1] == 0).all()) and bool((x.grad[:, 0] != 0).any())
     assert not bad.ok
-    assert [f.id for f in bad.findings] == ["partial-grad"]
-    assert bad.findings[0].input == "predictions" and "column 1" in bad.findings[0].message
+    # The trace names the culprit line first; the verdict follows.
+    assert [f.id for f in bad.findings] == ["graph-break", "partial-grad"]
+    assert bad.findings[1].input == "predictions" and "column 1" in bad.findings[1].message
+    assert ".detach()" in bad.findings[0].location.code
     assert good.ok and good.findings == []
     assert [r.status for r in good.results] == ["pass"]
 
@@ -89,7 +91,7 @@ def test_to_json_is_the_results_file(tmp_path):
     path.write_text(result.to_json(), encoding="utf-8")
     check_contract(path)
     doc = json.loads(path.read_text())
-    assert finding_ids(by_case(doc)["detached_ratio"]) == ["partial-grad"]
+    assert finding_ids(by_case(doc)["detached_ratio"]) == ["graph-break", "partial-grad"]
     assert RunResults.from_dict(doc).to_dict() == result.to_dict()
 
 
@@ -164,7 +166,8 @@ def test_a_module_instance_has_its_parameters_audited():
             return (x * self.scale.detach()).sum()
 
     result = audit(Scaled(), inputs={"x": Spec(shape=(2, 3))}, devices=["cpu"])
-    assert [(f.id, f.input) for f in result.findings] == [("input-disconnected", "param:scale")]
+    assert [(f.id, f.input) for f in result.findings] == [("graph-break", "param:scale"),
+                                                          ("input-disconnected", "param:scale")]
     assert result.results[0].loss_ref.endswith("Scaled")
 
 
@@ -191,7 +194,11 @@ def test_api_and_cli_give_the_same_verdicts(audit_config):
     assert code == 1
     for key in ("status", "inputs", "draws", "loss"):
         assert mine[key] == cli[key], key
-    assert [f["message"] for f in mine["findings"]] == [f["message"] for f in cli["findings"]]
+    # Messages name the culprit's path relative to each run's root, so compare what they point at.
+    def pointed(findings):
+        return [(f["id"], f["location"] and (f["location"]["line"], f["location"]["code"])) for f in findings]
+
+    assert pointed(mine["findings"]) == pointed(cli["findings"])
 
 
 def test_the_caller_file_is_the_culprit_path(tmp_path):

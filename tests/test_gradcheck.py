@@ -141,7 +141,7 @@ def test_gradcheck_adds_nothing_to_a_case_that_already_fails():
         return (p[:, 0] * p[:, 1].detach()).sum()
 
     result = audit(detached, inputs={"p": Spec(shape=(4, 2))}, devices=["cpu"], gradcheck=True)
-    assert [f.id for f in result.findings] == ["partial-grad"]
+    assert [f.id for f in result.findings] == ["graph-break", "partial-grad"]
     assert result.results[0].gradcheck is None
 
 
