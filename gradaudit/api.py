@@ -10,10 +10,13 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gradaudit.errors import ConfigError
 from gradaudit.model import RunResults
+
+if TYPE_CHECKING:
+    from gradaudit.config import CaseSpec
 
 _UNSET = object()
 
@@ -120,6 +123,38 @@ def build_case(loss: Any, inputs: Mapping[str, Any], name: str | None = None,
     return case, display
 
 
+def prepare(loss: Callable | str, inputs: Mapping[str, Any], *, name: str | None = None,
+            **settings: Any) -> list[CaseSpec]:
+    """Check `audit()`'s arguments like a config case; return the case specs (several for a
+    dims matrix). Raise ConfigError worded as for a config file."""
+    from gradaudit.config import case_specs
+
+    case, display = build_case(loss, inputs, name=name, **settings)
+    specs = case_specs(case, display)
+    if not isinstance(loss, str):
+        for spec in specs:
+            spec.loss_obj = loss
+    return specs
+
+
+def run_specs(specs: list[CaseSpec], root: str | Path | None = None,
+              devices: list[str] | None = None) -> RunResults:
+    """Audit prepared specs on their devices (or `devices`) with the runner behind `gradaudit run`."""
+    from gradaudit.config import Config
+    from gradaudit.runner import RunOptions, run
+
+    display = f"audit({specs[0].base_name})" if specs else "audit()"
+    folder = Path(root) if root is not None else Path.cwd()
+    config = Config(path=folder.resolve() / display, display_path=display, sha256="", sys_path=[],
+                    cases=specs)
+    ref = specs[0].loss if specs else ""
+    results = run(config, RunOptions(devices=list(devices or []), command=f"gradaudit.audit({ref})"))
+    for result in results.results:
+        result.reproduce = (f"gradaudit.audit({ref}, inputs=..., devices=[{result.device!r}], "
+                            f"seed={result.seed})")
+    return results
+
+
 def audit(loss: Callable | str, inputs: Mapping[str, Any], *, name: str | None = None,
           devices: list[str] | None = None, root: str | Path | None = None,
           **settings: Any) -> RunResults:
@@ -131,22 +166,7 @@ def audit(loss: Callable | str, inputs: Mapping[str, Any], *, name: str | None =
     `expect`, `dtype`, `seed`, `repeats`, `gradcheck`, ... `root` is the folder that culprit
     paths are shown relative to (default: the working folder).
     """
-    from gradaudit.config import Config, case_specs
-    from gradaudit.runner import RunOptions, run
-
-    case, display = build_case(loss, inputs, name=name, devices=devices, **settings)
-    specs = case_specs(case, display)
-    if not isinstance(loss, str):
-        for spec in specs:
-            spec.loss_obj = loss
-    folder = Path(root) if root is not None else Path.cwd()
-    config = Config(path=folder.resolve() / display, display_path=display, sha256="", sys_path=[],
-                    cases=specs)
-    results = run(config, RunOptions(command=f"gradaudit.audit({case['loss']})"))
-    for result in results.results:
-        result.reproduce = (f"gradaudit.audit({case['loss']}, inputs=..., devices=[{result.device!r}], "
-                            f"seed={result.seed})")
-    return results
+    return run_specs(prepare(loss, inputs, name=name, devices=devices, **settings), root)
 
 
 def case(*, inputs: Mapping[str, Any], name: str | None = None, **settings: Any) -> Callable:

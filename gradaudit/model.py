@@ -335,6 +335,7 @@ class RunResults:
         """
         from gradaudit.terminal import plain_summary
 
+        __tracebackhide__ = True  # pytest: show the test's line, not this one
         failing = [r for r in self.results if r.is_bad or (fail_on == "warn" and r.status == "warn")]
         if failing:
             raise AssertionError(plain_summary(self, only=failing))
