@@ -261,15 +261,16 @@ class Tracer:
 
     # -- records ----------------------------------------------------------------------------
     def record(self, kind: str, op: str, frames: list[tuple[str, int, str]], **extra: Any) -> Record:
-        key = (kind, op, frames[-1][0], frames[-1][1])
+        """The record of this kind at this line of user code (one per line: the op most to blame)."""
+        key = (kind, frames[-1][0], frames[-1][1])
         rec = self.by_key.get(key)
         if rec is None:
-            rec = Record(id=len(self.records), kind=kind, op=op, frames=frames)
+            rec = Record(id=len(self.records), kind=kind, op=op, frames=frames, **extra)
             self.records.append(rec)
             self.by_key[key] = rec
+        elif kind == "break" and _KIND_WORDS[extra["why"]][1] < _KIND_WORDS[rec.why][1]:
+            rec.op, rec.why = op, extra["why"]
         rec.calls += 1
-        for k, v in extra.items():
-            setattr(rec, k, v)
         return rec
 
     # -- the call ---------------------------------------------------------------------------
@@ -512,7 +513,9 @@ class TraceObserver:
             tag = loss.__dict__.get("_gradaudit_tag")
             found = set(tag.breaks) if tag is not None and tag.token is tracer.token else set()
         else:
-            found = set(tracer.escaped)
+            found = set()
+        # Python values carry no tag: any value that left as one may have reached the loss.
+        found |= tracer.escaped
         tracer.loss_breaks = found if tracer.loss_breaks is None else tracer.loss_breaks | found
 
     def explain(self, audit: Any) -> None:
@@ -871,5 +874,5 @@ def _boundary_facts(node: Any, grad_in: tuple, grad_out: tuple) -> str:
         masked = (~torch.isfinite(bad)) & (incoming == 0)
         if bool(masked.any()):
             text += ("; the incoming gradient there is 0 (a torch.where or mask hides the branch in the "
-                     "forward pass), but 0 × Inf is NaN in backward")
+                     "forward pass), but 0 × Inf or 0 × NaN is NaN in backward")
     return text

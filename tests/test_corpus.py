@@ -1,0 +1,183 @@
+"""The root-cause corpus: buggy losses modelled on real reports, each beside a correct-but-tricky twin.
+
+Every buggy loss must get its exact finding ID, located at the line its source marks with
+`# CULPRIT: <loss>` (found in the file, never a hard-coded number); every twin must produce no
+failure (and no warning). The whole corpus runs as one config through the CLI, once.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import textwrap
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tests.conftest import LOSSES, check_contract
+
+XY = "x: {shape: [B, C]}\n      y: {shape: [B, C]}"
+XT = "x: {shape: [B, C]}\n      t: {shape: [B, C], requires_grad: false}"
+X = "x: {shape: [B, C]}"
+RATIO = "x: {shape: [B, 2], init: uniform, low: 0.5, high: 2.0}\n      t: {shape: [B], requires_grad: false}"
+ONEHOT = "x: {shape: [B, C]}\n      t: {shape: [B, C], init: one_hot, requires_grad: false}"
+
+# case: (module:loss, inputs, headline finding, the verdict it explains or None, extra case yaml)
+BUGS = {
+    # graph-break
+    "ratio_detached": ("cause_graph_break:ratio_detached", RATIO, "graph-break", "partial-grad", ""),
+    "data_attribute": ("cause_graph_break:data_attribute", XY, "graph-break", "input-disconnected", ""),
+    "self_target": ("cause_graph_break:self_target", X, "graph-break", "zero-grad", ""),
+    "item_scale": ("cause_graph_break:item_scale", XY, "graph-break", "input-disconnected", ""),
+    "tolist_roundtrip": ("cause_graph_break:tolist_roundtrip", XY, "graph-break", "input-disconnected", ""),
+    "float_mean": ("cause_graph_break:float_mean", XY, "graph-break", "input-disconnected", ""),
+    "numpy_roundtrip": ("cause_graph_break:numpy_roundtrip", XY, "graph-break", "input-disconnected", ""),
+    "item_loop": ("cause_graph_break:item_loop", XY, "graph-break", "input-disconnected", ""),
+    "rewrap_requires_grad": ("cause_graph_break:rewrap_requires_grad", XT, "graph-break",
+                             "input-disconnected", ""),
+    "rebuild_rows": ("cause_graph_break:rebuild_rows", XT, "graph-break", "loss-no-grad", ""),
+    "new_tensor_copy": ("cause_graph_break:new_tensor_copy", XY, "graph-break", "input-disconnected", ""),
+    "no_grad_normalise": ("cause_graph_break:no_grad_normalise", XY, "graph-break", "input-disconnected", ""),
+    "inference_mode_weights": ("cause_graph_break:inference_mode_weights", XY, "graph-break",
+                               "input-disconnected", ""),
+    "int_cast": ("cause_graph_break:int_cast", XT, "graph-break", "loss-no-grad", ""),
+    "dtype_cast": ("cause_graph_break:dtype_cast", XY, "graph-break", "input-disconnected", ""),
+    "argmax_onehot": ("cause_graph_break:argmax_onehot", ONEHOT, "graph-break", "loss-no-grad", ""),
+    "argsort_ranks": ("cause_graph_break:argsort_ranks", XT, "graph-break", "loss-no-grad", ""),
+    "topk_indices": ("cause_graph_break:topk_indices", XT, "graph-break", "loss-no-grad", ""),
+    "accuracy_as_loss": ("cause_graph_break:accuracy_as_loss", XT, "graph-break", "loss-no-grad", ""),
+    "round_quantize": ("cause_graph_break:round_quantize", XT, "graph-break", "zero-grad", ""),
+    "floor_bins": ("cause_graph_break:floor_bins", XT, "graph-break", "zero-grad", ""),
+    "sign_margin": ("cause_graph_break:sign_margin", XT, "graph-break", "zero-grad", ""),
+    "helper_chain": ("cause_graph_break:helper_chain", XY, "graph-break", "input-disconnected", ""),
+    # nn.Module losses
+    "FrozenScale": ("cause_modules:FrozenScale", XT, "graph-break", "input-disconnected", ""),
+    "DataWeight": ("cause_modules:DataWeight", XT, "graph-break", "input-disconnected", ""),
+    "UnusedBias": ("cause_modules:UnusedBias", XT, "input-disconnected", None, ""),
+    # inplace-version-conflict
+    "exp_then_add_": ("cause_inplace:exp_then_add_", X, "inplace-version-conflict", None, ""),
+    "tanh_then_relu_": ("cause_inplace:tanh_then_relu_", X, "inplace-version-conflict", None, ""),
+    "setitem_on_saved": ("cause_inplace:setitem_on_saved", XT, "inplace-version-conflict", None, ""),
+    "view_of_saved": ("cause_inplace:view_of_saved", X, "inplace-version-conflict", None, ""),
+    "saved_operand": ("cause_inplace:saved_operand", XT, "inplace-version-conflict", None, ""),
+    "iadd_on_pow_input": ("cause_inplace:iadd_on_pow_input", X, "inplace-version-conflict", None, ""),
+    # nonfinite-grad / loss-nonfinite
+    "pairwise_distance": ("cause_nonfinite:pairwise_distance", X, "nonfinite-grad", None, ""),
+    "where_sqrt": ("cause_nonfinite:where_sqrt", X, "nonfinite-grad", None, ""),
+    "log_of_masked": ("cause_nonfinite:log_of_masked", X, "nonfinite-grad", None, ""),
+    "angle_to_self": ("cause_nonfinite:angle_to_self", X, "nonfinite-grad", None, ""),
+    "root_of_masked": ("cause_nonfinite:root_of_masked", X, "nonfinite-grad", None, ""),
+    "log_prob_underflow": ("cause_nonfinite:log_prob_underflow", ONEHOT, "loss-nonfinite", None, ""),
+    # device-portability
+    "weights_without_device": ("cause_portability:weights_without_device", XT, "device-portability", None, ""),
+    "positions_without_device": ("cause_portability:positions_without_device", XT, "device-portability",
+                                 None, ""),
+    "moved_to_cpu": ("cause_portability:moved_to_cpu", XT, "device-portability", None, ""),
+    "explicit_cpu": ("cause_portability:explicit_cpu", XT, "device-portability", None, ""),
+}
+
+
+def _twin(loss: str) -> str:
+    module, name = loss.split(":")
+    return f"{module}:{name}Twin" if name[0].isupper() else f"{module}:{name.rstrip('_')}_twin"
+
+
+TWINS = {f"{name}_twin": (_twin(loss), inputs, extra) for name, (loss, inputs, _, _, extra) in BUGS.items()}
+TWINS["no_grad_normalise_twin"] = ("cause_graph_break:no_grad_target_twin", XY, "expect: {no_grad: [y]}")
+
+
+def _config() -> str:
+    lines = ["version: 1", f"sys_path: [{LOSSES}]", "defaults: {devices: [cpu], dims: {B: 8, C: 4}}",
+             "cases:"]
+    cases = {**{n: (b[0], b[1], b[4]) for n, b in BUGS.items()}, **TWINS}
+    for name, (loss, inputs, extra) in cases.items():
+        lines += [f"  - name: {name}", f"    loss: {loss}", "    inputs:", f"      {inputs}"]
+        if extra:
+            lines.append(f"    {extra}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    from gradaudit.cli import app
+
+    folder = tmp_path_factory.mktemp("corpus")
+    config = folder / "corpus.yaml"
+    config.write_text(_config())
+    result = CliRunner().invoke(app, ["run", str(config), "-o", str(folder / "out")])
+    path = folder / "out" / "results.json"
+    assert path.exists(), result.output
+    check_contract(path)
+    return {r["case"]: r for r in json.loads(path.read_text())["results"]}
+
+
+def marker_line(module: str, tag: str, loss: str) -> int:
+    """The line of `# TAG: loss` in tests/losses/MODULE.py."""
+    lines = (Path(LOSSES) / f"{module}.py").read_text(encoding="utf-8").splitlines()
+    hits = [i + 1 for i, text in enumerate(lines) if re.search(rf"#\s*{tag}:\s*{re.escape(loss)}\s*$", text)]
+    assert len(hits) == 1, f"{module}.py must mark one line `# {tag}: {loss}`, found {hits}"
+    return hits[0]
+
+
+def test_the_corpus_is_big_enough():
+    assert len(BUGS) >= 30 and len(TWINS) >= 30
+
+
+@pytest.mark.parametrize("case", BUGS)
+def test_bug_is_found_at_its_culprit_line(corpus, case):
+    loss, _, headline, verdict, _ = BUGS[case]
+    module, name = loss.split(":")
+    r = corpus[case]
+    assert r["status"] in ("fail", "warn"), r["findings"]
+    first = r["findings"][0]
+    assert first["id"] == headline, textwrap.indent(json.dumps(r["findings"], indent=1), "  ")
+    assert first["location"], first
+    assert Path(first["location"]["file"]).name == f"{module}.py"
+    assert first["location"]["line"] == marker_line(module, "CULPRIT", name), first
+    if verdict:
+        assert verdict in [f["id"] for f in r["findings"]]
+    if headline == "graph-break":
+        assert first["severity"] == "fail"
+        # the one-line summary names the culprit line
+        assert f"{module}.py:{first['location']['line']}" in r["summary_line"]
+    if headline == "inplace-version-conflict":
+        changed = first["detail"]["modified_by"]["location"]
+        assert changed["line"] == marker_line(module, "MUTATES", name)
+        assert f":{changed['line']}" in first["message"] and f":{first['location']['line']}" in first["message"]
+    if headline == "device-portability":
+        assert r["status"] == "warn"
+
+
+@pytest.mark.parametrize("case", TWINS)
+def test_twin_has_no_failure(corpus, case):
+    r = corpus[case]
+    assert r["status"] == "pass", r["findings"]
+    assert all(f["severity"] == "info" for f in r["findings"])
+
+
+def test_helper_chain_is_in_the_location(corpus):
+    first = corpus["helper_chain"]["findings"][0]
+    functions = [f["function"] for f in first["location"]["chain"]]
+    assert functions == ["helper_chain", "_normalise"]
+    assert first["location"]["function"] == "_stop"
+
+
+def test_nonfinite_origin_says_why(corpus):
+    sqrt = corpus["pairwise_distance"]["findings"][0]
+    assert "infinite derivative at 0" in sqrt["message"]
+    assert re.search(r"8 of 64 elements of its input are 0", sqrt["message"]), sqrt["message"]
+    assert sqrt["detail"]["node"] == "SqrtBackward0"
+    masked = corpus["where_sqrt"]["findings"][0]
+    assert "incoming gradient there is 0" in masked["message"]
+
+
+def test_unused_parameter_points_at_its_declaration(corpus):
+    first = corpus["UnusedBias"]["findings"][0]
+    assert first["input"] == "param:bias" and "never used" in first["message"]
+
+
+def test_declared_stop_gradient_is_an_info_break(corpus):
+    r = corpus["no_grad_normalise_twin"]
+    info = [f for f in r["findings"] if f["id"] == "graph-break"]
+    assert info and all(f["severity"] == "info" for f in info)
