@@ -8,6 +8,8 @@ that a later `where` masks, so it never decides a verdict).
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import math
 import re
 import shlex
@@ -21,9 +23,10 @@ from typing import Any
 import torch
 
 from gradaudit.config import CaseSpec
+from gradaudit.devices import AUTOCAST_DTYPE, CONTEXT, MIXED, OOM, DeviceLayer, classify, current, format_bytes
 from gradaudit.findings import default_severity
 from gradaudit.frames import frames_from_text, location_from
-from gradaudit.inputs import make_inputs, to_device
+from gradaudit.inputs import make_inputs, to_device, torch_dtype
 from gradaudit.loading import group_of, resolve
 from gradaudit.model import (
     CaseResult,
@@ -34,6 +37,8 @@ from gradaudit.model import (
     LossInfo,
     status_of,
 )
+from gradaudit.opscan import OpHit, first_nonfinite, stray_tensors
+from gradaudit.parity import compare_draw, tolerances
 from gradaudit.shapes import describe_dead, fold_map
 
 # A suspected zero pattern is confirmed by extra draws: the chance that elements which do get a
@@ -55,6 +60,8 @@ class AuditContext:
     config_display: str = "config.yaml"
     # Objects with `draw_context(draw, inputs)` and `explain(result, state)`; see tracing.
     observers: list[Any] = field(default_factory=list)
+    # The DeviceLayer to use; None: gradaudit.devices.current() (tests inject a fake).
+    devices: DeviceLayer | None = None
 
 
 @dataclass
@@ -167,8 +174,17 @@ class CaseAudit:
     def __init__(self, spec: CaseSpec, device: str, ctx: AuditContext) -> None:
         self.spec = spec
         self.device_name = device
-        self.device = torch.device(device)
+        self.layer: DeviceLayer = ctx.devices or current()
+        self.device = self.layer.torch_device(device)
         self.ctx = ctx
+        # The autocast dtype of the forward, or None; the CPU reference of a parity check uses the
+        # device's, so both sides compute at the same precision.
+        self.autocast = AUTOCAST_DTYPE.get(device.partition(":")[0], "float16") if spec.autocast else None
+        # A non-CPU audit compares with the CPU where the run audits this case on the CPU too;
+        # `first` keeps the first draw's loss and gradients (on the CPU) for that.
+        self.parity = device != "cpu" and "cpu" in spec.devices
+        self.first: tuple[torch.Tensor, dict[str, torch.Tensor | None]] | None = None
+        self.free_memory = False
         self.result = CaseResult(
             case=spec.name, device=device, status="pass", seed=spec.seed, loss_ref=spec.loss,
             group=group_of(spec.loss),
@@ -187,11 +203,18 @@ class CaseAudit:
     def run(self) -> CaseResult:
         start = time.perf_counter()
         try:
-            if self._load():
+            if self._device_ready() and self._load():
                 self._draws()
                 if self.spec.gradcheck:
                     self._gradcheck()
+                if self.parity and self.first is not None and self.result.status != "error":
+                    self._compare_with_cpu()
+        except Exception as exc:
+            if not self._device_failure(exc, "set-up"):
+                raise
         finally:
+            if self.free_memory:
+                self.layer.free_memory(self.device)
             self.result.duration_s = time.perf_counter() - start
         return self.finish()
 
@@ -221,6 +244,8 @@ class CaseAudit:
             built = obj  # a function, or an nn.Module instance handed to the Python API
         if isinstance(built, torch.nn.Module):
             built = built.to(self.device)
+            if "dtype" in self.spec.matrix:  # the precision matrix casts floating parameters too
+                built = built.to(dtype=torch_dtype(self.spec.dtype))
             self.module = built
             self.params = {f"param:{n}": p for n, p in built.named_parameters() if p.requires_grad}
             for name, p in built.named_parameters():
@@ -236,15 +261,24 @@ class CaseAudit:
 
     def _inputs(self, draw: int) -> dict[str, torch.Tensor] | None:
         try:
-            cpu = make_inputs(self.spec.inputs, self.spec.seed, self.spec.name, draw, self.ctx.root)
+            cpu = make_inputs(self.spec.inputs, self.spec.seed, self.spec.draw_name, draw, self.ctx.root)
             return to_device(cpu, self.spec.inputs, self.device)
         except Exception as exc:  # noqa: BLE001
-            self._error(exc, "cannot generate inputs")
+            if not self._device_failure(exc, "inputs"):
+                self._error(exc, "cannot generate inputs")
             return None
+
+    def _call(self, inputs: dict[str, torch.Tensor]) -> Any:
+        """Call the loss on `inputs` the way every draw does (under autocast where asked)."""
+        with self.layer.forward_context(self.device_name, self.autocast):
+            return self.fn(*inputs.values(), **self.spec.kwargs)
 
     def _forward(self, inputs: dict[str, torch.Tensor]) -> Any:
         try:
-            return self.fn(*inputs.values(), **self.spec.kwargs)
+            loss = self._call(inputs)
+            # An asynchronous device error of the forward surfaces here, not in a later case.
+            self.layer.synchronize(self.device)
+            return loss
         except Exception as exc:
             raise _ForwardError() from exc
 
@@ -290,6 +324,8 @@ class CaseAudit:
                 loss = self._forward(inputs)
             except _ForwardError as wrapped:
                 exc = wrapped.__cause__
+                if self._device_failure(exc, "forward"):
+                    return False
                 self._add("loss-error", f"the loss raised {type(exc).__name__}: {_short(str(exc))}",
                           location=_user_location_of(exc, self.ctx.root))
                 self.result.error = error_info(exc)
@@ -308,9 +344,13 @@ class CaseAudit:
                 loss.backward()
                 self._sync()
             except Exception as exc:  # noqa: BLE001
-                self._backward_failed(exc)
+                if not self._device_failure(exc, "backward"):
+                    self._backward_failed(exc)
                 return False
         by_name = {name: leaf.grad for name, leaf in leaves.items()}
+        if self.parity and self.draws == 0:
+            self.first = (loss.detach().cpu(),
+                          {n: g.detach().cpu() if g is not None else None for n, g in by_name.items()})
         for name, track in self.tracks.items():
             if track.requires_grad:
                 track.add(by_name.get(name))
@@ -323,8 +363,7 @@ class CaseAudit:
                 self.result.warnings.append(text)
 
     def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+        self.layer.synchronize(self.device)
 
     def _classify_loss(self, loss: Any) -> torch.Tensor | None:
         if not isinstance(loss, torch.Tensor):
@@ -360,7 +399,13 @@ class CaseAudit:
                          else "") + ": no input can get a gradient")
             return None
         if not finite and not any(f.id == "loss-nonfinite" for f in self.findings):
-            self._add("loss-nonfinite", f"the loss is {float(value)} in draw {self.draws}")
+            hit = self._nonfinite_op()
+            text = f"the loss is {float(value)} in draw {self.draws}{self._precision(' at ')}"
+            detail: dict[str, Any] = {"value": str(float(value))}
+            if hit:
+                text += f": {_overflow_text(hit)}"
+                detail.update(op=hit.op, dtype=hit.dtype)
+            self._add("loss-nonfinite", text, location=hit.location if hit else None, detail=detail)
         return loss
 
     def _backward_failed(self, exc: BaseException) -> None:
@@ -394,7 +439,7 @@ class CaseAudit:
             warnings.simplefilter("always")
             try:
                 with torch.autograd.detect_anomaly(check_nan=check_nan):
-                    loss = self.fn(*inputs.values(), **self.spec.kwargs)
+                    loss = self._call(inputs)
                     if isinstance(loss, torch.Tensor) and loss.requires_grad:
                         loss.sum().backward()
                         self._sync()
@@ -417,6 +462,138 @@ class CaseAudit:
                for t in self.tracks.values()):
             return  # a gradient that is missing or zero is reported as such; gradcheck adds nothing
         check_gradients(self)
+
+    # -- devices and precision ---------------------------------------------------------------
+    def _device_ready(self) -> bool:
+        """Whether the device can run this case; a poisoned context or a pending error cannot."""
+        reason = self.layer.poisoned_reason(self.device_name)
+        if reason is None:
+            try:
+                # Flush work queued before this case, so its asynchronous error is not ours.
+                self.layer.synchronize(self.device)
+                return True
+            except Exception as exc:  # noqa: BLE001
+                if classify(exc) != CONTEXT:
+                    raise
+                reason = f"an asynchronous {self.device_name} error from before this case: {_short(str(exc))}"
+                self.layer.mark_poisoned(self.device_name, reason)
+        self.result.status = "error"
+        self.result.error = ErrorInfo(
+            type="DeviceContextPoisoned",
+            message=f"not audited: the {self.device_name} context of this process is unusable ({reason}); "
+                    "run with worker isolation (the default) so a fresh process audits each later case",
+            traceback="")
+        return False
+
+    def _device_failure(self, exc: BaseException, stage: str) -> bool:
+        """Report an out-of-memory, a poisoned context or mixed devices; False for other errors."""
+        kind = classify(exc)
+        if kind == OOM:
+            sizes = ", ".join(f"{i.name} {i.shape} {i.dtype} "
+                              f"({format_bytes(math.prod(i.shape) * torch_dtype(i.dtype).itemsize)})"
+                              for i in self.spec.inputs)
+            memory = self.layer.memory_note(self.device)
+            where = {"inputs": "while copying the inputs to it", "set-up": "while setting up the case"}
+            self.result.status = "error"
+            self.result.error = error_info(exc)
+            self.result.error.message = (
+                f"out of memory on {self.device_name} {where.get(stage, f'in the {stage} pass')} "
+                f"(draw {self.draws}); inputs: {sizes or 'none'}" + (f"; {memory}" if memory else "")
+                + f": {_short(str(exc), 200)}")
+            # The traceback's frames hold the tensors; drop them so the memory can be given back.
+            traceback.clear_frames(exc.__traceback__)
+            self.free_memory = True
+            return True
+        if kind == CONTEXT and stage in ("forward", "backward"):
+            first = _short(str(exc), 160)
+            self.layer.mark_poisoned(self.device_name, f"case {self.spec.name} hit: {first}")
+            self._add("loss-error" if stage == "forward" else "backward-error",
+                      f"{first} in the {stage} pass on {self.device_name}; the device context is now "
+                      "unusable and this worker is replaced. Often an index out of range (a class "
+                      "target >= the number of classes): run with --device cpu for the exact error",
+                      location=_user_location_of(exc, self.ctx.root),
+                      detail={"device_error": first, "context_poisoned": True,
+                              "hint": "CUDA_LAUNCH_BLOCKING=1 makes the error surface at the op that "
+                                      "caused it"})
+            self.result.error = error_info(exc)
+            return True
+        if kind == CONTEXT:
+            self.layer.mark_poisoned(self.device_name, f"case {self.spec.name} hit: {_short(str(exc), 160)}")
+            self._error(exc, f"the {self.device_name} context failed ({stage})")
+            return True
+        if kind == MIXED and stage == "forward":
+            self._mixed_devices(exc)
+            return True
+        return False
+
+    def _mixed_devices(self, exc: BaseException) -> None:
+        """The loss mixed devices: point at the op that made the stray tensor."""
+        inputs = self._inputs(self.draws)
+        hits = stray_tensors(lambda: self._call(inputs), self.device, self.ctx.root) if inputs else []
+        located = next((h for h in hits if h.location), None)
+        text = f"the loss mixes devices on {self.device_name}: {_short(str(exc), 160)}"
+        detail: dict[str, Any] = {"device_error": _short(str(exc), 160)}
+        if located:
+            text = (f"the loss mixes devices: {located.op} makes a tensor on {located.device} while the "
+                    f"inputs are on {self.device_name}; create it on the inputs' device "
+                    "(device=x.device, or a *_like factory)")
+            detail.update(stray_op=located.op, stray_device=located.device)
+        self._add("loss-error", text, location=located.location if located else
+                  _user_location_of(exc, self.ctx.root), detail=detail)
+        self.result.error = error_info(exc)
+
+    def _precision(self, prefix: str = "") -> str:
+        """`float16` or `autocast float16` where the case runs below float32, else ""."""
+        if self.autocast:
+            return f"{prefix}autocast {self.autocast}"
+        low = sorted({i.dtype for i in self.spec.inputs if i.dtype in ("float16", "half", "bfloat16")})
+        return f"{prefix}{', '.join(low)}" if low else ""
+
+    def _nonfinite_op(self) -> OpHit | None:
+        """Re-run this draw's forward to find the first op that made NaN/Inf from finite values."""
+        try:
+            inputs = to_device(make_inputs(self.spec.inputs, self.spec.seed, self.spec.draw_name, self.draws,
+                                           self.ctx.root), self.spec.inputs, self.device)
+        except Exception:  # noqa: BLE001 - the draw worked a moment ago; a witness is optional
+            return None
+        return first_nonfinite(lambda: self._call(inputs), self.ctx.root)
+
+    def _first_draw(self) -> tuple[torch.Tensor, dict[str, torch.Tensor | None]] | None:
+        """Draw 0's loss and gradients, plainly, for a parity reference; None where it fails."""
+        try:
+            inputs = to_device(make_inputs(self.spec.inputs, self.spec.seed, self.spec.draw_name, 0,
+                                           self.ctx.root), self.spec.inputs, self.device)
+            leaves = {**{k: v for k, v in inputs.items() if v.requires_grad}, **self.params}
+            loss = self._call(inputs)
+            if not isinstance(loss, torch.Tensor) or not loss.requires_grad:
+                return None
+            if loss.dim() != 0 or loss.numel() != 1:
+                loss = loss.sum()
+            grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True) if leaves else ()
+        except Exception:  # noqa: BLE001 - the CPU job reports its own failure
+            return None
+        return loss.detach(), {n: g.detach() if g is not None else None for n, g in zip(leaves, grads, strict=True)}
+
+    def _compare_with_cpu(self) -> None:
+        """Compare the first draw with the CPU's: device-mismatch for what differs beyond tolerance."""
+        spec = self.spec
+        if isinstance(spec.loss_obj, torch.nn.Module):  # a live module from the API: keep it where it is
+            spec = dataclasses.replace(spec, loss_obj=copy.deepcopy(spec.loss_obj))
+        reference = CaseAudit(spec, "cpu", self.ctx)
+        reference.autocast = self.autocast
+        if not reference._load():
+            return
+        expected = reference._first_draw()
+        if expected is None:
+            return
+        dtypes = [i.dtype for i in self.spec.inputs] + [str(self.first[0].dtype).removeprefix("torch.")]
+        dtypes += [self.autocast] if self.autocast else []
+        dtypes += [str(p.dtype).removeprefix("torch.") for p in self.params.values()]
+        rtol, atol = tolerances(self.spec.rtol, self.spec.atol, dtypes)
+        for mismatch in compare_draw(expected, self.first, rtol, atol):
+            self._add("device-mismatch", mismatch.message("cpu", self.device_name, rtol, atol),
+                      input=None if mismatch.tensor == "loss" else mismatch.tensor,
+                      detail=mismatch.detail("cpu", self.device_name, rtol, atol))
 
     # -- verdicts ---------------------------------------------------------------------------
     def _add(self, finding_id: str, message: str, *, input: str | None = None,
@@ -451,9 +628,12 @@ class CaseAudit:
                 location, node = (None, None) if nonfinite_located else self._nonfinite_origin()
                 nonfinite_located = True
                 where = f"; first produced by {node}" if node else ""
+                detail = {"node": node} if node else {}
+                if self._precision():
+                    detail["dtype"] = self.autocast or self.spec.dtype
                 self._add("nonfinite-grad", f"the gradient of {shape} holds {track.nonfinite} NaN/Inf "
-                          f"value{'s' if track.nonfinite != 1 else ''}{where}", input=name,
-                          location=location, detail={"node": node} if node else None)
+                          f"value{'s' if track.nonfinite != 1 else ''}{self._precision(' at ')}{where}",
+                          input=name, location=location, detail=detail)
 
     def _nonfinite_origin(self) -> tuple[Location | None, str | None]:
         """Re-run the first draw with anomaly mode's NaN check to find the backward node and its op."""
@@ -500,6 +680,16 @@ class CaseAudit:
             result.inputs = [t.to_result(max(self.draws, 1)) for t in self.tracks.values()]
         result.summary_line = summary_line(result)
         return result
+
+
+_LARGEST = {"float16": "65504", "bfloat16": "3.39e38"}
+
+
+def _overflow_text(hit: OpHit) -> str:
+    """`torch.exp is the first op to give inf (the largest finite float16 is 65504)`."""
+    largest = (f" (the largest finite {hit.dtype} is {_LARGEST[hit.dtype]})"
+               if hit.dtype in _LARGEST and "inf" in hit.what else "")
+    return f"{hit.op} is the first op to give {hit.what}{largest}"
 
 
 def summary_line(result: CaseResult) -> str:

@@ -72,12 +72,22 @@ class CaseSpec:
     atol: float = 1e-5
     gradcheck: bool = False
     gradcheck_elements: int = 64
+    autocast: bool = False  # run the forward under torch.autocast for the device
     # Settings added by later features that have no field yet: name -> value.
     extra: dict[str, Any] = field(default_factory=dict)
     line: int = 0  # where the case starts in the config, for messages
     # A live callable (or nn.Module) given through the Python API instead of importing `loss`;
     # it cannot travel to another process, so such a spec is audited in the caller's process.
     loss_obj: Any = field(default=None, repr=False, compare=False)
+
+    @property
+    def draw_name(self) -> str:
+        """The name that seeds the input draws: the case name without its precision axes, so
+        `case[dtype=float16]` audits the float32 draws of `case[dtype=float32]`, rounded."""
+        dims = [f"{d}={v}" for d, v in self.matrix.items() if d not in ("dtype", "autocast")]
+        if len(dims) == len(self.matrix):
+            return self.name
+        return self.base_name + (f"[{','.join(dims)}]" if dims else "")
 
 
 @dataclass
@@ -323,6 +333,9 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
         c.typed(merged.get(key, {}), "map", _origin(defaults, case, path, key))
     dims_raw = merged.get("dims", {}) if isinstance(merged.get("dims", {}), dict) else {}
     for dim, value in dims_raw.items():
+        if (dim == "dtype" and settings.get("dtypes")) or (dim == "autocast" and settings.get("autocast")):
+            c.error(_origin(defaults, case, path, "dims") + (dim,),
+                    f"dim {dim!r} clashes with the precision matrix's {dim!r} axis: rename the dim")
         values = value if isinstance(value, list) else [value]
         if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
             c.error(_origin(defaults, case, path, "dims") + (dim,),
@@ -341,14 +354,24 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
         return []
     matrix_axes = [(d, v) for d, v in dims_raw.items() if isinstance(v, list)]
     fixed = {d: v for d, v in dims_raw.items() if not isinstance(v, list)}
+    # The precision matrix rides on the same mechanism: "dtype" and "autocast" axes after the dims.
+    if settings.get("dtypes"):
+        matrix_axes.append(("dtype", list(settings["dtypes"])))
+    if settings.get("autocast"):
+        matrix_axes.append(("autocast", ["off", "on"]))
     specs = []
     combos = list(itertools.product(*[v for _, v in matrix_axes])) if matrix_axes else [()]
     for combo in combos:
         matrix = {d: v for (d, _), v in zip(matrix_axes, combo, strict=True)}
-        dims = {**fixed, **matrix}
+        dims = {**fixed, **{d: v for d, v in matrix.items() if d in dims_raw}}
         inputs = _check_inputs(inputs_raw, dims, settings["dtype"], inputs_path, c)
         if inputs is None:
             return []
+        case_dtype = matrix.get("dtype", settings["dtype"])
+        if "dtype" in matrix:
+            for spec in inputs:
+                if spec.dtype in schema.FLOAT_DTYPES:
+                    spec.dtype = case_dtype
         full_name = name + (("[" + ",".join(f"{d}={v}" for d, v in matrix.items()) + "]")
                             if matrix else "")
         extra = {k: settings[k] for k in EXTRA_SETTINGS if k in settings}
@@ -356,11 +379,11 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
             name=full_name, base_name=name, loss=loss, inputs=inputs,
             init_kwargs=dict(merged.get("init_kwargs") or {}), kwargs=dict(merged.get("kwargs") or {}),
             dims=dims, matrix=matrix, expect=expect,
-            devices=list(settings["devices"]), dtype=settings["dtype"], seed=settings["seed"],
+            devices=list(settings["devices"]), dtype=case_dtype, seed=settings["seed"],
             repeats=settings["repeats"], timeout=float(settings["timeout"]),
             rtol=float(settings["rtol"]), atol=float(settings["atol"]),
             gradcheck=settings["gradcheck"], gradcheck_elements=settings["gradcheck_elements"],
-            extra=extra,
+            autocast=matrix.get("autocast") == "on", extra=extra,
             line=(c.marks.value.get(path).line + 1) if c.marks.value.get(path) else 0,
         ))
     return specs
@@ -381,6 +404,17 @@ def _check_settings(settings: dict, defaults: dict, case: dict, path: tuple, c: 
     if isinstance(dtype, str) and dtype not in schema.FLOAT_DTYPES:
         c.error(_origin(defaults, case, path, "dtype"),
                 f"dtype {dtype!r} must be a floating dtype{_suggest(dtype, schema.FLOAT_DTYPES)}")
+    dtypes = settings.get("dtypes")
+    if isinstance(dtypes, list):
+        where = _origin(defaults, case, path, "dtypes")
+        if not dtypes:
+            c.error(where, "dtypes is empty: list floating dtypes, e.g. [float32, float16, bfloat16]")
+        for i, dt in enumerate(dtypes):
+            if not isinstance(dt, str) or dt not in schema.FLOAT_DTYPES:
+                c.error(where + (i,), f"dtype {dt!r} must be a floating dtype"
+                        f"{_suggest(dt, schema.FLOAT_DTYPES)}", on_key=False)
+            elif dtypes.index(dt) != i:
+                c.error(where + (i,), f"dtype {dt!r} is listed twice", on_key=False)
     for key in ("repeats", "gradcheck_elements"):
         if isinstance(settings.get(key), int) and settings[key] < 1:
             c.error(_origin(defaults, case, path, key), f"{key} must be at least 1")

@@ -56,6 +56,9 @@ def select_jobs(config: Config, options: RunOptions) -> list[Job]:
             overrides["seed"] = options.seed
         if options.timeout is not None:
             overrides["timeout"] = options.timeout
+        if options.devices:
+            # The audit compares a device with the CPU where the run's devices include cpu.
+            overrides["devices"] = list(options.devices)
         if overrides:
             spec = dataclasses.replace(spec, **overrides)
         for device in options.devices or spec.devices:
@@ -75,7 +78,7 @@ def run_in_process(config: Config, jobs: list[Job],
                    on_result: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
     """Audit every job in this process, one after another."""
     from gradaudit.audit import AuditContext, audit_case
-    from gradaudit.devices import skip_reason
+    from gradaudit.devices import current
     from gradaudit.loading import add_import_roots
 
     add_import_roots(config.root, config.sys_path)
@@ -84,7 +87,7 @@ def run_in_process(config: Config, jobs: list[Job],
     ctx = AuditContext(root=config.root, config_display=config.display_path, observers=default_observers())
     results = []
     for job in jobs:
-        reason = skip_reason(job.device)
+        reason = current().skip_reason(job.device)
         result = skipped(job, reason, config.display_path) if reason else audit_case(job.spec, job.device, ctx)
         results.append(result)
         if on_result:

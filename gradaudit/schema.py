@@ -45,6 +45,12 @@ SETTING_KEYS = [
     Key("gradcheck_elements", "int", "Element budget of gradcheck: dims are shrunk, largest first, "
         "until the differentiable inputs hold at most this many elements; the result says which "
         "dims it used.", default=64),
+    Key("dtypes", "list", "A precision matrix: floating inputs (and a module loss's floating "
+        "parameters) are cast to each of these dtypes in turn, making cases named "
+        "`case[dtype=float16]`. float16 and bfloat16 run on CPU too.", default=None),
+    Key("autocast", "bool", "Also run the forward under `torch.autocast` for the device "
+        "(float16 on cuda and mps, bfloat16 on cpu), making cases `case[autocast=off]` and "
+        "`case[autocast=on]`.", default=False),
 ]
 
 CASE_KEYS = [

@@ -91,3 +91,17 @@ def by_case(doc: dict, device: str = "cpu") -> dict[str, dict]:
 
 def finding_ids(result: dict) -> list[str]:
     return [f["id"] for f in result["findings"]]
+
+
+def pytest_collection_modifyitems(config, items):
+    """Skip the tests marked `cuda` where torch sees no CUDA device (say so in the skip reason)."""
+    cuda_items = [item for item in items if item.get_closest_marker("cuda")]
+    if not cuda_items:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is false)")
+    for item in cuda_items:
+        item.add_marker(skip)
