@@ -185,6 +185,7 @@ class CaseAudit:
         self.parity = device != "cpu" and "cpu" in spec.devices
         self.first: tuple[torch.Tensor, dict[str, torch.Tensor | None]] | None = None
         self.free_memory = False
+        self.nonfinite_draw = 0
         self.result = CaseResult(
             case=spec.name, device=device, status="pass", seed=spec.seed, loss_ref=spec.loss,
             group=group_of(spec.loss),
@@ -399,13 +400,8 @@ class CaseAudit:
                          else "") + ": no input can get a gradient")
             return None
         if not finite and not any(f.id == "loss-nonfinite" for f in self.findings):
-            hit = self._nonfinite_op()
-            text = f"the loss is {float(value)} in draw {self.draws}{self._precision(' at ')}"
-            detail: dict[str, Any] = {"value": str(float(value))}
-            if hit:
-                text += f": {_overflow_text(hit)}"
-                detail.update(op=hit.op, dtype=hit.dtype)
-            self._add("loss-nonfinite", text, location=hit.location if hit else None, detail=detail)
+            self.nonfinite_draw = self.draws
+            self._add("loss-nonfinite", f"the loss is {float(value)} in draw {self.draws}")
         return loss
 
     def _backward_failed(self, exc: BaseException) -> None:
@@ -542,17 +538,36 @@ class CaseAudit:
                   _user_location_of(exc, self.ctx.root), detail=detail)
         self.result.error = error_info(exc)
 
-    def _precision(self, prefix: str = "") -> str:
-        """`float16` or `autocast float16` where the case runs below float32, else ""."""
+    def _low_precision(self) -> str | None:
+        """The dtype below float32 that the case computes in (autocast's first), else None."""
         if self.autocast:
-            return f"{prefix}autocast {self.autocast}"
-        low = sorted({i.dtype for i in self.spec.inputs if i.dtype in ("float16", "half", "bfloat16")})
-        return f"{prefix}{', '.join(low)}" if low else ""
+            return self.autocast
+        low = [i.dtype for i in self.spec.inputs if i.dtype in ("float16", "half", "bfloat16")]
+        return low[0] if low else None
 
-    def _nonfinite_op(self) -> OpHit | None:
-        """Re-run this draw's forward to find the first op that made NaN/Inf from finite values."""
+    def _explain_nonfinite(self) -> None:
+        """Name the op and the dtype of a NaN/Inf: the tracer names the op where it ran, else a scan."""
+        dtype = self._low_precision()
+        for f in self.findings:
+            if f.id not in ("loss-nonfinite", "nonfinite-grad"):
+                continue
+            if f.id == "loss-nonfinite" and "op" not in f.detail:
+                hit = self._nonfinite_op(self.nonfinite_draw)
+                if hit:
+                    f.message += f": {_overflow_text(hit)}"
+                    f.location = f.location or hit.location
+                    f.detail = {**f.detail, "op": hit.op}
+            if dtype:
+                how = f"autocast to {dtype}" if self.autocast else dtype
+                largest = f", whose largest finite value is {_LARGEST[dtype]}" if dtype in _LARGEST else ""
+                op = f.detail.get("op") or f.detail.get("node")
+                f.message += f" ({op + ' ' if op else ''}at {how}{largest})"
+                f.detail = {**f.detail, "dtype": dtype, "autocast": bool(self.autocast)}
+
+    def _nonfinite_op(self, draw: int) -> OpHit | None:
+        """Re-run a draw's forward to find the first op that made NaN/Inf from finite values."""
         try:
-            inputs = to_device(make_inputs(self.spec.inputs, self.spec.seed, self.spec.draw_name, self.draws,
+            inputs = to_device(make_inputs(self.spec.inputs, self.spec.seed, self.spec.draw_name, draw,
                                            self.ctx.root), self.spec.inputs, self.device)
         except Exception:  # noqa: BLE001 - the draw worked a moment ago; a witness is optional
             return None
@@ -628,12 +643,9 @@ class CaseAudit:
                 location, node = (None, None) if nonfinite_located else self._nonfinite_origin()
                 nonfinite_located = True
                 where = f"; first produced by {node}" if node else ""
-                detail = {"node": node} if node else {}
-                if self._precision():
-                    detail["dtype"] = self.autocast or self.spec.dtype
                 self._add("nonfinite-grad", f"the gradient of {shape} holds {track.nonfinite} NaN/Inf "
-                          f"value{'s' if track.nonfinite != 1 else ''}{self._precision(' at ')}{where}",
-                          input=name, location=location, detail=detail)
+                          f"value{'s' if track.nonfinite != 1 else ''}{where}", input=name,
+                          location=location, detail={"node": node} if node else None)
 
     def _nonfinite_origin(self) -> tuple[Location | None, str | None]:
         """Re-run the first draw with anomaly mode's NaN check to find the backward node and its op."""
@@ -662,6 +674,7 @@ class CaseAudit:
                 self._judge_inputs()
             for obs in self.ctx.observers:
                 obs.explain(self)
+            self._explain_nonfinite()
             ignored = set(self.spec.expect.ignore)
             findings = [f for f in self.findings if f.id not in ignored]
             findings.sort(key=lambda f: -f.rank)
@@ -682,14 +695,12 @@ class CaseAudit:
         return result
 
 
-_LARGEST = {"float16": "65504", "bfloat16": "3.39e38"}
+_LARGEST = {"float16": "65504", "half": "65504"}
 
 
 def _overflow_text(hit: OpHit) -> str:
-    """`torch.exp is the first op to give inf (the largest finite float16 is 65504)`."""
-    largest = (f" (the largest finite {hit.dtype} is {_LARGEST[hit.dtype]})"
-               if hit.dtype in _LARGEST and "inf" in hit.what else "")
-    return f"{hit.op} is the first op to give {hit.what}{largest}"
+    """`torch.exp is the first op to give inf`."""
+    return f"{hit.op} is the first op to give {hit.what}"
 
 
 def summary_line(result: CaseResult) -> str:

@@ -65,8 +65,11 @@ def _nonfinite(t: torch.Tensor) -> str:
 
 
 def _here(root: Path | None) -> Location | None:
-    frames = [(f.filename, f.lineno, f.name) for f in traceback.extract_stack()]
-    return location_from(frames, root)
+    """The user's line that made the call the scan is looking at (the stack above this module)."""
+    stack = traceback.extract_stack()
+    while stack and stack[-1].filename == __file__:
+        stack.pop()
+    return location_from([(f.filename, f.lineno, f.name) for f in stack], root)
 
 
 def _on(t: torch.Tensor, device: torch.device) -> bool:

@@ -129,8 +129,7 @@ def test_the_matrix_finds_a_float16_overflow_that_float32_does_not(precision_run
     fp16 = precision_run[f"{name}[dtype=float16]"]
     assert fp16["status"] == "fail" and finding_ids(fp16) == ["loss-nonfinite"]
     finding = fp16["findings"][0]
-    assert "at float16" in finding["message"] and f"{op} is the first op to give inf" in finding["message"]
-    assert "the largest finite float16 is 65504" in finding["message"]
+    assert f"({op} at float16, whose largest finite value is 65504)" in finding["message"]
     assert finding["detail"]["op"] == op and finding["detail"]["dtype"] == "float16"
     assert finding["location"]["file"] == "precision_losses.py"
     assert finding["location"]["code"] == line_code
@@ -172,7 +171,7 @@ def test_a_gradient_that_breaks_only_in_float16_names_the_dtype_and_the_node(aud
     fp16 = results["tiny[dtype=float16]"]
     assert finding_ids(fp16) == ["nonfinite-grad"]
     message = fp16["findings"][0]["message"]
-    assert "at float16" in message and "first produced by SqrtBackward0" in message
+    assert "(Sqrt at float16, whose largest finite value is 65504)" in message
     assert fp16["findings"][0]["detail"]["dtype"] == "float16"
     assert results["tiny[dtype=float32]"]["status"] == "pass"
     assert results["tiny_fixed[dtype=float16]"]["status"] == "pass"
@@ -202,5 +201,37 @@ def test_a_float32_nonfinite_loss_names_the_op_without_a_dtype(audit_config):
     """)
     finding = by_case(doc)["log_zero"]["findings"][0]
     assert finding["id"] == "loss-nonfinite"
-    assert finding["message"] == "the loss is -inf in draw 0: torch.log is the first op to give inf"
+    assert "float" not in finding["message"] and "dtype" not in finding["detail"]
     assert finding["location"]["code"] == "return torch.log(x).sum()"
+
+
+@pytest.mark.parametrize("dtype, note", [("float16", "(torch.exp is the first op to give inf"),
+                                         ("float32", None)])
+def test_without_the_tracer_a_scan_names_the_op(write_config, dtype, note):
+    """The Python API or a bare AuditContext runs no tracer: the audit's own scan names the op."""
+    from gradaudit.audit import AuditContext, audit_case
+
+    path = write_config(f"""\
+        version: 1
+        sys_path: [{PRECISION.parent}]
+        cases:
+          - name: naive
+            loss: precision_losses:naive_softmax_cross_entropy
+            dtypes: [{dtype}]
+            inputs:
+              logits: {{shape: [32, 10], init: normal, std: 6}}
+              targets: {{shape: [32], init: randint, high: 10}}
+    """)
+    config = load_config(path)
+    from gradaudit.loading import add_import_roots
+
+    add_import_roots(config.root, config.sys_path)
+    result = audit_case(config.cases[0], "cpu", AuditContext(root=config.root))
+    if note is None:
+        assert result.status == "pass"
+        return
+    finding = result.findings[0]
+    assert finding.id == "loss-nonfinite"
+    assert finding.message.startswith("the loss is nan in draw 0: torch.exp is the first op to give inf")
+    assert finding.message.endswith("(torch.exp at float16, whose largest finite value is 65504)")
+    assert finding.location.code == "e = torch.exp(logits)"
