@@ -33,14 +33,14 @@ def sigmoid_twin(x):
 CULPRIT = "my_losses.py:5"  # y = torch.sigmoid(x): the op whose saved output mul_ changed
 
 
-def _plugin_installed() -> bool:
+def plugin_installed() -> bool:
     return any(ep.name == "gradaudit" for ep in importlib.metadata.entry_points(group="pytest11"))
 
 
 def run_pytest(folder: Path, *args: str) -> subprocess.CompletedProcess:
     """Run pytest in `folder` with this checkout's gradaudit and its plugin."""
     # A venv installed before the entry point existed lacks it: load the plugin by name there.
-    plugin = [] if _plugin_installed() else ["-p", "gradaudit.pytest_plugin"]
+    plugin = [] if plugin_installed() else ["-p", "gradaudit.pytest_plugin"]
     env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{folder}"}
     proc = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *plugin, *args],
                           cwd=folder, env=env, capture_output=True, text=True, timeout=300)
@@ -172,6 +172,7 @@ def test_x_stops_at_the_first_failure_and_k_selects(project):
 
 
 def test_items_distribute_over_xdist_workers(project):
+    pytest.importorskip("xdist", reason="pytest-xdist is in the test extra: pip install -e '.[test]'")
     write(project, "audit.yaml", CONFIG)
     write(project, "test_decorated.py", """\
         import gradaudit
