@@ -148,7 +148,10 @@ def run_specs(specs: list[CaseSpec], root: str | Path | None = None,
     config = Config(path=folder.resolve() / display, display_path=display, sha256="", sys_path=[],
                     cases=specs)
     ref = specs[0].loss if specs else ""
-    results = run(config, RunOptions(devices=list(devices or []), command=f"gradaudit.audit({ref})"))
+    # In this process: a live function or module cannot travel to a worker, and a test or notebook
+    # wants the loss's own breakpoints and prints.
+    results = run(config, RunOptions(devices=list(devices or []), command=f"gradaudit.audit({ref})",
+                                     isolate=False))
     for result in results.results:
         result.reproduce = (f"gradaudit.audit({ref}, inputs=..., devices=[{result.device!r}], "
                             f"seed={result.seed})")

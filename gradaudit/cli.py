@@ -20,6 +20,7 @@ from gradaudit.errors import GradauditError
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
                   help="Audit the gradient paths of PyTorch loss functions before training starts.")
@@ -49,16 +50,18 @@ def _announce(message: str) -> None:
 
 
 def write_reports(results, out_dir: Path, json_path: Path | None = None, junit_path: Path | None = None,
-                  ) -> None:
+                  *, html: bool = True, announce=_announce) -> None:
     """Write index.html and results.json into `out_dir`, and the extra copies asked for."""
     from gradaudit.files import write_atomic
     from gradaudit.htmlreport import write_html
     from gradaudit.jsonreport import write_json
 
-    write_atomic(out_dir / "results.json", lambda s: write_json(results, s), announce=_announce)
+    write_atomic(out_dir / "results.json", lambda s: write_json(results, s), announce=announce)
     if json_path is not None:
-        write_atomic(json_path, lambda s: write_json(results, s), announce=_announce)
-    write_atomic(out_dir / "index.html", lambda s: write_html(results, s), announce=_announce)
+        write_atomic(json_path, lambda s: write_json(results, s), announce=announce)
+    if not html:
+        return
+    write_atomic(out_dir / "index.html", lambda s: write_html(results, s), announce=announce)
     if junit_path is not None:
         from gradaudit.junitreport import write_junit
 
@@ -91,37 +94,52 @@ def run(
     device: Annotated[Optional[list[str]], typer.Option("--device", help="Audit on this device instead of "
                                                         "the config's (repeatable).")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Override every case's seed.")] = None,
-    jobs: Annotated[Optional[int], typer.Option("--jobs", min=1, help="Worker processes.")] = None,
-    shard: Annotated[Optional[str], typer.Option("--shard", help="Run slice K of N: K/N.")] = None,
+    jobs: Annotated[Optional[int], typer.Option("--jobs", "-j", min=1, help="Worker processes (default: "
+                                                "every usable CPU, at most one per job).")] = None,
+    shard: Annotated[Optional[str], typer.Option("--shard", help="Run only slice K of N of the case x "
+                                                 "device matrix: K/N (merge with `gradaudit report`).")]
+    = None,
     fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Exit 1 on fail only, or on warn too.")]
     = FailOn.fail,
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds per case and device.")]
     = None,
-    no_isolate: Annotated[bool, typer.Option("--no-isolate", help="Run in this process (debugging).")]
+    no_isolate: Annotated[bool, typer.Option("--no-isolate", help="Run in this process, one job at a time "
+                                             "(debugging; a crash ends the run).")]
     = False,
     quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Print only problems and the summary.")]
     = False,
 ) -> None:
     """Audit every case of CONFIG and write the report."""
     from gradaudit.config import load_config
-    from gradaudit.runner import RunOptions
+    from gradaudit.runner import NOT_RUN, RunInterrupted, RunOptions
     from gradaudit.runner import run as run_config
-    from gradaudit.terminal import print_summary, result_line
+    from gradaudit.terminal import RunProgress, print_summary
 
+    progress = RunProgress(console, quiet=quiet)
     try:
         cfg = load_config(config, display_path=str(config))
         options = RunOptions(case_globs=case or [], devices=device or [], seed=seed, timeout=timeout,
-                             command=shlex.join(["gradaudit", *sys.argv[1:]]))
-
-        def show(result) -> None:
-            if not quiet or result.status not in ("pass", "skip"):
-                console.print(result_line(result), markup=False, highlight=False, soft_wrap=True)
-
-        results = run_config(cfg, options, on_result=show)
+                             command=shlex.join(["gradaudit", *sys.argv[1:]]), jobs=jobs, shard=shard,
+                             isolate=not no_isolate)
+        # In-process, a crash kills gradaudit itself: keep results.json current before each job.
+        checkpoint = (lambda partial: write_reports(partial, output, json_path, None, html=False,
+                                                    announce=None)) if no_isolate else None
+        try:
+            results = run_config(cfg, options, on_result=progress.result, on_start=progress.start,
+                                 on_checkpoint=checkpoint)
+        except RunInterrupted as stop:
+            results = stop.results
+        finally:
+            progress.stop()
         print_summary(results, console, quiet=quiet)
         write_reports(results, output, json_path, junit)
     except GradauditError as exc:
         _fail(exc)
+    if results.interrupted:
+        finished = sum(1 for r in results.results if r.skip_reason != NOT_RUN)
+        err_console.print(f"gradaudit: interrupted; {finished} of {len(results.results)} jobs finished "
+                          "and are in the report, the rest are skip", markup=False)
+        raise typer.Exit(EXIT_INTERRUPTED)
     raise typer.Exit(exit_code_of(results, fail_on.value))
 
 

@@ -73,6 +73,7 @@ class CaseSpec:
     gradcheck: bool = False
     gradcheck_elements: int = 64
     autocast: bool = False  # run the forward under torch.autocast for the device
+    max_memory_mb: int | None = None
     # Settings added by later features that have no field yet: name -> value.
     extra: dict[str, Any] = field(default_factory=dict)
     line: int = 0  # where the case starts in the config, for messages
@@ -383,7 +384,7 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
             repeats=settings["repeats"], timeout=float(settings["timeout"]),
             rtol=float(settings["rtol"]), atol=float(settings["atol"]),
             gradcheck=settings["gradcheck"], gradcheck_elements=settings["gradcheck_elements"],
-            autocast=matrix.get("autocast") == "on", extra=extra,
+            autocast=matrix.get("autocast") == "on", max_memory_mb=settings["max_memory_mb"], extra=extra,
             line=(c.marks.value.get(path).line + 1) if c.marks.value.get(path) else 0,
         ))
     return specs
@@ -422,6 +423,8 @@ def _check_settings(settings: dict, defaults: dict, case: dict, path: tuple, c: 
         value = settings.get(key)
         if isinstance(value, (int, float)) and value < 0:
             c.error(_origin(defaults, case, path, key), f"{key} must not be negative")
+    if isinstance(settings.get("max_memory_mb"), int) and settings["max_memory_mb"] < 1:
+        c.error(_origin(defaults, case, path, "max_memory_mb"), "max_memory_mb must be at least 1")
     if settings.get("timeout") == 0:
         c.error(_origin(defaults, case, path, "timeout"), "timeout must be positive")
 

@@ -18,7 +18,7 @@ def describe() -> dict[str, Any]:
         cuda = {"version": torch.version.cuda, "devices": list(device_names().values())[1:]}
     return {
         "python": platform.python_version(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a TorchVersion would need torch to unpickle
         "platform": platform.platform(),
         "cuda": cuda,
         "executable": sys.executable,

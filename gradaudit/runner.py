@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import faulthandler
 import fnmatch
+import io
+import os
 import shlex
+import signal
+import sys
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 
 from gradaudit import __version__
 from gradaudit.config import CaseSpec, Config
@@ -25,6 +33,9 @@ class RunOptions:
     seed: int | None = None
     timeout: float | None = None
     command: str = ""
+    jobs: int | None = None  # worker processes; None: every usable CPU
+    shard: str | None = None  # "K/N": run only slice K of N of the case x device matrix
+    isolate: bool = True  # False: audit in this process (debugging; a crash ends the run)
 
 
 @dataclass
@@ -66,50 +77,216 @@ def select_jobs(config: Config, options: RunOptions) -> list[Job]:
     return jobs
 
 
-def skipped(job: Job, reason: str, config_display: str) -> CaseResult:
-    return CaseResult(case=job.spec.name, device=job.device, status="skip", seed=job.spec.seed,
-                      loss_ref=job.spec.loss, group=job.spec.loss.rpartition(":")[0],
+def skipped(spec: CaseSpec, device: str, reason: str, config_display: str) -> CaseResult:
+    """A result for a job that was not audited, and why."""
+    return CaseResult(case=spec.name, device=device, status="skip", seed=spec.seed,
+                      loss_ref=spec.loss, group=spec.loss.rpartition(":")[0],
                       skip_reason=reason, summary_line=reason,
                       reproduce=f"gradaudit run {shlex.quote(config_display)} --case "
-                                f"{shlex.quote(job.spec.name)} --device {job.device}")
+                                f"{shlex.quote(spec.name)} --device {device}")
+
+
+def audit_context(root: Path, config_display: str):
+    """Build the AuditContext a run's jobs share.
+
+    The one place it is built: in this process with --no-isolate, once in each worker otherwise, so
+    observers added here reach every worker.
+    """
+    from gradaudit.audit import AuditContext
+    from gradaudit.tracing import default_observers
+
+    return AuditContext(root=root, config_display=config_display, observers=default_observers())
 
 
 def run_in_process(config: Config, jobs: list[Job],
                    on_result: Callable[[CaseResult], None] | None = None) -> list[CaseResult]:
     """Audit every job in this process, one after another."""
-    from gradaudit.audit import AuditContext, audit_case
-    from gradaudit.devices import current
-    from gradaudit.loading import add_import_roots
-
-    add_import_roots(config.root, config.sys_path)
-    from gradaudit.tracing import default_observers
-
-    ctx = AuditContext(root=config.root, config_display=config.display_path, observers=default_observers())
     results = []
-    for job in jobs:
-        reason = current().skip_reason(job.device)
-        result = skipped(job, reason, config.display_path) if reason else audit_case(job.spec, job.device, ctx)
+    for _, result in audit_in_process(config, jobs):
         results.append(result)
         if on_result:
             on_result(result)
     return results
 
 
-def run(config: Config, options: RunOptions,
-        on_result: Callable[[CaseResult], None] | None = None,
-        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc)) -> RunResults:
-    """Audit the selected cases of a config and return the whole run's results."""
+def audit_in_process(config: Config, jobs: list[Job],
+                     before: Callable[[int], None] | None = None) -> Iterator[tuple[int, CaseResult]]:
+    """Audit every job in this process, one after another, yielding (index, result); call
+    `before(index)` before each job."""
+    from gradaudit.loading import add_import_roots
+    from gradaudit.workers import audit_job
+
+    add_import_roots(config.root, config.sys_path)
+    ctx = audit_context(config.root, config.display_path)
+    armed = False
+    if not faulthandler.is_enabled():
+        with contextlib.suppress(AttributeError, OSError, ValueError, io.UnsupportedOperation):
+            # A crash here ends gradaudit; at least print the Python stack of the line that crashed.
+            faulthandler.enable(file=sys.stderr, all_threads=True)
+            armed = True
+    try:
+        for index, job in enumerate(jobs):
+            if before:
+                before(index)
+            yield index, audit_job(job.spec, job.device, ctx)
+    finally:
+        if armed:
+            faulthandler.disable()
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: its affinity mask, within a cgroup CPU quota where there is one."""
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            cpus = min(cpus, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cpus)
+
+
+def worker_count(jobs_option: int | None, n_jobs: int) -> int:
+    """Worker processes for a run: --jobs, or every usable CPU, never more than there are jobs."""
+    wanted = jobs_option if jobs_option else usable_cpus()
+    return max(1, min(wanted, n_jobs))
+
+
+@contextlib.contextmanager
+def _interrupts_raise() -> Iterator[None]:
+    """Turn SIGTERM, like SIGINT, into KeyboardInterrupt while the run is on."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _environment(interrupted: bool = False) -> dict:
+    """The environment block; a run interrupted while torch was importing still gets one."""
     from gradaudit.environment import describe
 
+    if not interrupted:
+        return describe()
+    try:
+        return describe()
+    except Exception:  # noqa: BLE001 - a half-imported torch must not lose the results
+        import platform
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            torch_version = version("torch")
+        except PackageNotFoundError:
+            torch_version = "unknown"
+        return {"python": platform.python_version(), "torch": torch_version,
+                "platform": platform.platform(), "cuda": None, "executable": sys.executable}
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped a run; `results` holds what finished (the rest `skip`).
+
+    A KeyboardInterrupt, so that a caller that does not know it (a test, a notebook) stops as usual.
+    """
+
+    def __init__(self, results: RunResults) -> None:
+        super().__init__("the run was interrupted")
+        self.results = results
+
+
+NOT_RUN = "not run: the run was interrupted before this job finished"
+IN_PROCESS_DIED = "the gradaudit process died while auditing this case (--no-isolate): a crash in the loss"
+
+
+def run(config: Config, options: RunOptions,
+        on_result: Callable[[CaseResult], None] | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        on_start: Callable[[int], None] | None = None,
+        on_checkpoint: Callable[[RunResults], None] | None = None) -> RunResults:
+    """Audit the selected cases of a config and return the whole run's results.
+
+    Jobs run in worker processes unless `options.isolate` is false. Ctrl-C or SIGTERM stops the
+    run and raises RunInterrupted, whose results keep what finished, mark the rest `skip` and say
+    `interrupted`. In-process,
+    `on_checkpoint` gets the results as they would stand if the next job crashed the process, before
+    each job, so a crash still leaves the finished jobs on disk.
+    """
     jobs = select_jobs(config, options)
+    if options.shard:
+        from gradaudit.sharding import parse_shard, select_shard
+
+        jobs = select_shard(jobs, *parse_shard(options.shard))
+    if options.isolate is False and options.jobs and options.jobs > 1:
+        raise UsageError("--no-isolate audits one job at a time in this process; drop --jobs")
+    if on_start:
+        on_start(len(jobs))
     started = clock()
     t0 = time.perf_counter()
-    results = run_in_process(config, jobs, on_result)
-    run_results = RunResults(
-        results=results, gradaudit_version=__version__,
-        started_at=started.isoformat(timespec="seconds"), duration_s=time.perf_counter() - t0,
-        environment=describe(), config={"path": config.display_path, "sha256": config.sha256},
-        command=options.command,
-    )
-    run_results.sort()
-    return run_results
+    done: dict[int, CaseResult] = {}
+    environment: dict | None = None
+
+    def results_now(running: int | None = None) -> RunResults:
+        results = []
+        for index, job in enumerate(jobs):
+            if index in done:
+                results.append(done[index])
+            elif index == running:
+                from gradaudit.model import ErrorInfo
+                from gradaudit.workers import lost
+
+                results.append(lost(job.spec, job.device, config.display_path, 0.0,
+                                    ErrorInfo(type="Crash", message=IN_PROCESS_DIED)))
+            else:
+                results.append(skipped(job.spec, job.device, NOT_RUN, config.display_path))
+        run_results = RunResults(
+            results=results, gradaudit_version=__version__,
+            started_at=started.isoformat(timespec="seconds"), duration_s=time.perf_counter() - t0,
+            environment=environment or {}, config={"path": config.display_path, "sha256": config.sha256},
+            command=options.command, interrupted=len(done) < len(jobs),
+        )
+        run_results.sort()
+        return run_results
+
+    pool = None
+    finished = False
+    with _interrupts_raise():
+        try:
+            if options.isolate is False:
+                environment = _environment()
+                checkpoint = (lambda i: on_checkpoint(results_now(running=i))) if on_checkpoint else None
+                stream = audit_in_process(config, jobs, checkpoint)
+            else:
+                from gradaudit.workers import WorkerPool, WorkerSetup
+
+                size = worker_count(options.jobs, len(jobs))
+                setup = WorkerSetup(root=config.root, config_display=config.display_path,
+                                    sys_path=config.sys_path, threads=max(1, usable_cpus() // size))
+                pool = WorkerPool(size, setup)
+                stream = pool.results(jobs)
+            for index, result in stream:
+                done[index] = result
+                if on_result:
+                    on_result(result)
+            finished = True
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if pool is not None:
+                pool.close(kill=not finished)
+                environment = pool.environment  # this process need not import torch at all
+    if environment is None:
+        environment = _environment(interrupted=not finished)
+    results = results_now()
+    if not finished:
+        raise RunInterrupted(results)
+    return results

@@ -51,6 +51,9 @@ SETTING_KEYS = [
     Key("autocast", "bool", "Also run the forward under `torch.autocast` for the device "
         "(float16 on cuda and mps, bfloat16 on cpu), making cases `case[autocast=off]` and "
         "`case[autocast=on]`.", default=False),
+    Key("max_memory_mb", "int", "Memory cap in MiB for one case on cpu: the worker may map this "
+        "much more than it holds when the case starts (RLIMIT_AS on Linux). An allocation past it "
+        "makes the case an error, not a machine-wide out-of-memory.", default=None),
 ]
 
 CASE_KEYS = [

@@ -74,3 +74,50 @@ def plain_summary(results: RunResults, only: list[CaseResult] | None = None) -> 
     """The totals line and each result (or only those given) as plain text, for repr and asserts."""
     shown = results.results if only is None else only
     return "\n".join([f"gradaudit: {results.summary.line()}", *(result_text(r) for r in shown)])
+
+
+class RunProgress:
+    """Show results as they finish: a progress bar with a line per result on a terminal, plain lines
+    (one per result) elsewhere, only problems when quiet, so CI logs stay readable."""
+
+    def __init__(self, console: Console, *, quiet: bool = False) -> None:
+        self.console = console
+        self.quiet = quiet
+        self.bar = None
+        self.task = None
+
+    @property
+    def live(self) -> bool:
+        return self.console.is_terminal and not self.quiet
+
+    def start(self, total: int) -> None:
+        if not self.live or not total:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.bar = Progress(TextColumn("auditing"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=self.console, transient=True)
+        self.task = self.bar.add_task("auditing", total=total)
+        self.bar.start()
+
+    def result(self, result: CaseResult) -> None:
+        shown = not self.quiet or result.status not in ("pass", "skip")
+        if self.bar is not None:
+            if shown:
+                self.console.print(rich_line(result), highlight=False, soft_wrap=True)
+            self.bar.advance(self.task)
+        elif shown:
+            self.console.print(result_line(result), markup=False, highlight=False, soft_wrap=True)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+            self.bar = None
+
+
+def rich_line(result: CaseResult) -> str:
+    """One coloured line per finished result, for the terminal."""
+    text = f"{status_text(result)} {escape(result.case)} [dim]\\[{escape(result.device)}][/]"
+    if result.summary_line and result.status != "pass":
+        text += f"  {escape(result.summary_line)}"
+    return text

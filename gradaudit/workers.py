@@ -1,0 +1,532 @@
+"""Worker processes: audit jobs in a pool where a crash, a hang or a runaway allocation costs one job.
+
+Why our own small protocol over `multiprocessing` rather than `concurrent.futures` or a task
+library: a ProcessPoolExecutor marks the whole pool broken when one worker dies and cannot kill a
+single hung task, and neither it nor `multiprocessing.Pool` says which job a dead worker held. Here
+each worker owns one duplex pipe; the parent sends a job, waits on every pipe and every process
+sentinel at once, and so knows at each moment which job each worker runs, when it must finish, and
+that a worker died while running it.
+
+Workers start from a `forkserver` that imported torch once (`spawn` where there is no forkserver),
+never by plain `fork`: CUDA cannot be initialised again in a forked child, and the forkserver itself
+never touches CUDA. Each worker writes its stdout and stderr to its own log file with `faulthandler`
+enabled, so a crash leaves the Python stack of the line that crashed, and a hang gets a stack dump
+(SIGUSR1) before it is killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import faulthandler
+import json
+import multiprocessing
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import wait
+from pathlib import Path
+from typing import Any
+
+from gradaudit.config import CaseSpec
+from gradaudit.errors import GradauditError
+from gradaudit.model import CaseResult, ErrorInfo
+
+# How much of a dead worker's output a result keeps.
+TAIL_BYTES = 6000
+TAIL_LINES = 40
+# A timed-out worker gets this long to dump its stack before it is killed.
+DUMP_GRACE_S = 0.5
+# Workers that die before they are ready, in a row, before the run gives up.
+MAX_START_FAILURES = 3
+# The forkserver imports these once; every worker forked from it starts with them loaded.
+PRELOAD = ["gradaudit._preload"]
+
+
+class WorkerStartError(GradauditError):
+    """Workers cannot start at all (a broken environment, not a broken loss)."""
+
+    exit_code = 1
+
+
+@dataclass
+class WorkerSetup:
+    """What every worker of a run needs before its first job (plain, picklable data)."""
+
+    root: Path
+    config_display: str
+    sys_path: list[Path] = field(default_factory=list)
+    threads: int = 1
+
+
+# -- the audit of one job, the same in a worker and in-process -----------------------------------
+
+def audit_job(spec: CaseSpec, device: str, ctx: Any) -> CaseResult:
+    """Audit one job: skip an unavailable device, apply the memory guard, name a loss that exits."""
+    from gradaudit.audit import audit_case
+    from gradaudit.devices import current
+    from gradaudit.runner import skipped
+
+    reason = current().skip_reason(device)
+    if reason:
+        return skipped(spec, device, reason, ctx.config_display)
+    start = time.perf_counter()
+    try:
+        with memory_limit(spec.max_memory_mb, device) as guard:
+            result = audit_case(spec, device, ctx)
+    except SystemExit as exc:
+        # A loss that calls sys.exit() would end the worker (or the whole run in-process).
+        return lost(spec, device, ctx.config_display, time.perf_counter() - start,
+                    ErrorInfo(type="SystemExit", message=f"the loss called sys.exit({exc.code!r})"))
+    if guard.limited:
+        memory_verdict(result, spec.max_memory_mb)
+    return result
+
+
+_ALLOC_FAILED = re.compile(r"can't allocate memory|cannot allocate memory|out of memory|"
+                           r"std::bad_alloc|not enough memory", re.IGNORECASE)
+
+
+def memory_verdict(result: CaseResult, limit_mb: int | None) -> None:
+    """Turn an allocation that failed under the memory guard into this case's `error`.
+
+    The guard made it fail, so it is not a defect of the loss's gradient path: the audit could not
+    run the loss within its `max_memory_mb`.
+    """
+    err = result.error
+    if err is None or result.status in ("pass", "skip"):
+        return
+    if err.type not in ("MemoryError", "OutOfMemoryError") and not _ALLOC_FAILED.search(err.message):
+        return
+    result.status = "error"
+    result.expected = False
+    result.error = ErrorInfo(type=err.type, message=f"exceeded max_memory_mb={limit_mb}: {err.message}",
+                             traceback=err.traceback, anomaly_trace=err.anomaly_trace)
+    result.summary_line = _first_line(result.error.message, 200)
+
+
+class _Guard:
+    limited = False
+
+
+@contextlib.contextmanager
+def memory_limit(limit_mb: int | None, device: str) -> Iterator[_Guard]:
+    """Cap this process's address space at what it holds now plus `limit_mb` MiB, for one job.
+
+    RLIMIT_AS counts virtual memory, so the cap sits above what the process has already mapped
+    (torch's libraries alone map hundreds of MiB); the job may map `limit_mb` more. Accelerator jobs
+    are left alone: CUDA maps huge virtual ranges that have nothing to do with host memory. Where
+    there is no RLIMIT_AS (not Linux), this does nothing.
+    """
+    guard = _Guard()
+    if not limit_mb or device.partition(":")[0] != "cpu":
+        yield guard
+        return
+    try:
+        import resource
+
+        current = _mapped_bytes()
+        soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    except (ImportError, OSError, AttributeError, ValueError):
+        yield guard
+        return
+    cap = current + int(limit_mb) * 1024 * 1024
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    guard.limited = True
+    try:
+        yield guard
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def _mapped_bytes() -> int:
+    """This process's mapped virtual memory (VmSize), in bytes."""
+    with open("/proc/self/statm", encoding="ascii") as f:
+        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+# -- results for jobs that could not finish -------------------------------------------------------
+
+def lost(spec: CaseSpec, device: str, config_display: str, duration: float, error: ErrorInfo,
+         status: str = "crash", root: Path | None = None, summary: str = "") -> CaseResult:
+    """A result for a job whose worker died or was killed: what happened, and where if known."""
+    from gradaudit.runner import skipped
+
+    result = skipped(spec, device, "", config_display)
+    result.status = status
+    result.skip_reason = None
+    result.duration_s = duration
+    result.error = error
+    where = _location_of_dump(error.traceback, root)
+    result.summary_line = (summary or _first_line(error.message, 200)) + (f" at {where}" if where else "")
+    return result
+
+
+def _first_line(text: str, limit: int) -> str:
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    return first if len(first) <= limit else first[: limit - 1] + "…"
+
+
+def death_message(exitcode: int | None) -> tuple[str, str, str]:
+    """(error type, message, summary) for a worker that died with `exitcode` while auditing a case."""
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        text = f"the worker auditing this case was killed by signal {-exitcode} ({name})"
+        if -exitcode == signal.SIGKILL:
+            text += "; the kernel's out-of-memory killer sends SIGKILL"
+        return name, text, f"crashed: {name} (signal {-exitcode})"
+    return ("WorkerExit", f"the worker auditing this case exited with code {exitcode} (os._exit or exit())",
+            f"crashed: the worker exited with code {exitcode}")
+
+
+# faulthandler writes `File "path", line N in function`, most recent call first.
+_DUMP_LINE = re.compile(r'File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
+
+
+def _location_of_dump(text: str, root: Path | None) -> str:
+    """`file:line: code` of the user's innermost frame in a faulthandler dump, or ""."""
+    from gradaudit.frames import location_from
+
+    if not text:
+        return ""
+    # The first thread block is the one that crashed (or the main thread, for a stack dump).
+    block = text.split("most recent call first", 1)[-1].split("\n\n", 1)[0] if "most recent call" \
+        in text else ""
+    frames = [(m["file"], int(m["line"]), m["func"]) for m in _DUMP_LINE.finditer(block)]
+    loc = location_from(frames[::-1], root)
+    if loc is None:
+        return ""
+    return loc.where + (f": {loc.code}" if loc.code else "")
+
+
+# -- the worker process -----------------------------------------------------------------------------
+
+def _worker_main(conn, setup: WorkerSetup, log_path: str, describe: bool = False) -> None:
+    """A worker's life: set up once, then audit jobs until told to stop or the pipe closes.
+
+    The worker asked to `describe` sends the run's environment block with its first message, so
+    the parent process never imports torch (nor initialises CUDA) itself.
+    """
+    log_fd = _become_worker(log_path)
+    import torch
+
+    torch.set_num_threads(max(1, setup.threads))
+    from gradaudit.devices import needs_fresh_process
+    from gradaudit.environment import describe as environment
+    from gradaudit.loading import add_import_roots
+    from gradaudit.runner import audit_context
+
+    add_import_roots(setup.root, setup.sys_path)
+    ctx = audit_context(setup.root, setup.config_display)
+    # Plain data only: the parent must be able to read it without importing torch.
+    env = json.loads(json.dumps(environment(), default=str)) if describe else None
+    conn.send(("ready", os.getpid(), env))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        index, spec, device = message
+        _fresh_log(log_fd)
+        result = audit_job(spec, device, ctx)
+        try:
+            conn.send(("done", index, result))
+        except Exception as exc:  # noqa: BLE001 - a result that does not pickle is still a result
+            result = lost(spec, device, setup.config_display, result.duration_s,
+                          ErrorInfo(type=type(exc).__name__, message=f"cannot send the result: {exc}"),
+                          status="error")
+            conn.send(("done", index, result))
+        if needs_fresh_process():
+            return  # a case poisoned a device context: a fresh worker takes the next job
+
+
+def _become_worker(log_path: str) -> int:
+    """Detach from the terminal's signals, send output to the log, arm faulthandler."""
+    # The parent handles Ctrl-C and SIGTERM for the run and kills workers with SIGKILL.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
+    with contextlib.suppress(ImportError, OSError, ValueError):
+        import resource
+
+        # A crashing loss should cost a line in the report, not a core file of torch's size.
+        resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    faulthandler.enable(file=sys.stderr, all_threads=True)
+    if hasattr(faulthandler, "register") and hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True)
+    return log_fd
+
+
+def _fresh_log(log_fd: int) -> None:
+    """Empty the log so that a crash's tail holds this job's output alone."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.ftruncate(log_fd, 0)
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this worker when the process that forked it dies, so none is orphaned."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+# -- the pool ---------------------------------------------------------------------------------------
+
+def start_method_context():
+    """A multiprocessing context that never forks a process that may hold torch or CUDA state."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
+        return ctx
+    return multiprocessing.get_context("spawn")
+
+
+@dataclass
+class _Worker:
+    process: Any
+    conn: Any
+    log_path: str
+    describes: bool = False
+    ready: bool = False
+    job: tuple[int, Any] | None = None  # (index, Job) while busy
+    started: float = 0.0
+    deadline: float = 0.0
+
+
+class WorkerPool:
+    """Up to `size` worker processes that audit jobs and replace a worker that dies."""
+
+    def __init__(self, size: int, setup: WorkerSetup) -> None:
+        self.size = max(1, size)
+        self.setup = setup
+        self.mp = start_method_context()
+        self.workers: list[_Worker] = []
+        self.logs = tempfile.mkdtemp(prefix="gradaudit-workers-")
+        self.start_failures = 0
+        self._serial = 0
+        self.environment: dict | None = None  # the environment block, from the first ready worker
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close(kill=exc_info[0] is not None)
+
+    def start(self, n_jobs: int) -> None:
+        """Start the workers that `n_jobs` jobs need (at most `size`); they get ready meanwhile."""
+        while len(self.workers) < min(self.size, n_jobs):
+            self._start_worker()
+
+    def results(self, jobs: list) -> Iterator[tuple[int, CaseResult]]:
+        """Audit `jobs` (runner.Job) and yield (index, result) as each one finishes."""
+        pending = deque(enumerate(jobs))
+        self.start(len(pending))
+        while pending or any(w.job for w in self.workers):
+            for w in self.workers:
+                if w.ready and w.job is None and pending:
+                    self._send(w, pending.popleft())
+            yield from self._step(pending)
+            missing = min(self.size, len(pending) + sum(1 for w in self.workers if w.job))
+            while len(self.workers) < missing:
+                self._start_worker()
+
+    def _start_worker(self) -> None:
+        self._serial += 1
+        log_path = os.path.join(self.logs, f"worker-{self._serial}.log")
+        parent, child = self.mp.Pipe(duplex=True)
+        # One worker describes the environment; another is asked only if that one died first.
+        describe = self.environment is None and not any(w.describes for w in self.workers)
+        process = self.mp.Process(target=_worker_main, args=(child, self.setup, log_path, describe),
+                                  name=f"gradaudit-worker-{self._serial}", daemon=True)
+        with _main_without_phantom_file():
+            process.start()
+        child.close()
+        self.workers.append(_Worker(process, parent, log_path, describes=describe))
+
+    def _send(self, w: _Worker, item: tuple[int, Any]) -> None:
+        index, job = item
+        w.job = item
+        w.started = time.monotonic()
+        w.deadline = w.started + float(job.spec.timeout)
+        try:
+            w.conn.send((index, job.spec, job.device))
+        except (BrokenPipeError, OSError):
+            pass  # it died; its sentinel says so in the next step
+
+    def _step(self, pending: deque) -> Iterator[tuple[int, CaseResult]]:
+        handles: dict[Any, _Worker] = {}
+        for w in self.workers:
+            handles[w.conn] = w
+            handles[w.process.sentinel] = w
+        busy = [w.deadline for w in self.workers if w.job]
+        timeout = max(0.0, min(busy) - time.monotonic()) if busy else None
+        ready = wait(list(handles), timeout)
+        for w in {id(handles[h]): handles[h] for h in ready}.values():
+            yield from self._service(w, pending)
+        now = time.monotonic()
+        for w in list(self.workers):
+            if w.job and now >= w.deadline:
+                yield self._time_out(w)
+
+    def _service(self, w: _Worker, pending: deque) -> Iterator[tuple[int, CaseResult]]:
+        """Read what a worker sent; if it died, account for its job and replace it."""
+        dead = False
+        try:
+            while w.conn.poll():
+                message = w.conn.recv()
+                if message[0] == "ready":
+                    w.ready = True
+                    self.start_failures = 0
+                    if message[2] is not None:
+                        self.environment = message[2]
+                elif message[0] == "done":
+                    index, result = message[1], message[2]
+                    w.job = None
+                    yield index, result
+        except (EOFError, OSError):
+            dead = True
+        if dead or not w.process.is_alive():
+            yield from self._reap(w)
+
+    def _reap(self, w: _Worker) -> Iterator[tuple[int, CaseResult]]:
+        w.process.join(timeout=5)
+        exitcode = w.process.exitcode
+        self._forget(w)
+        tail = _tail(w.log_path)
+        if w.job is not None:
+            index, job = w.job
+            kind, message, summary = death_message(exitcode)
+            yield index, lost(job.spec, job.device, self.setup.config_display,
+                              time.monotonic() - w.started,
+                              ErrorInfo(type=kind, message=message, traceback=tail),
+                              root=self.setup.root, summary=summary)
+        elif not w.ready:
+            self.start_failures += 1
+            if self.start_failures >= MAX_START_FAILURES:
+                message = death_message(exitcode)[1].replace("the worker auditing this case", "the last one")
+                raise WorkerStartError(f"gradaudit's worker processes cannot start ({message}); "
+                                       f"their last output:\n{tail or '(none)'}\n"
+                                       "Run with --no-isolate to audit in this process instead.")
+
+    def _time_out(self, w: _Worker) -> tuple[int, CaseResult]:
+        """Dump the stack of a worker past its job's deadline, kill it, report `timeout`."""
+        index, job = w.job
+        elapsed = time.monotonic() - w.started
+        size = _size(w.log_path)
+        with contextlib.suppress(OSError, AttributeError):
+            os.kill(w.process.pid, signal.SIGUSR1)
+            give_up = time.monotonic() + DUMP_GRACE_S
+            while time.monotonic() < give_up and not _dumped(w.log_path, size):
+                time.sleep(0.02)
+            time.sleep(0.05)  # the dump is several writes; let the last ones land
+        w.process.kill()
+        w.process.join(timeout=5)
+        self._forget(w)
+        tail = _tail(w.log_path)
+        fatal = re.search(r"Fatal Python error: (.+)", tail)
+        if fatal:
+            # It had crashed already and was still going down when its time ran out.
+            error = ErrorInfo(type="Crash", message=f"the worker auditing this case crashed: {fatal[1]}",
+                              traceback=tail)
+            return index, lost(job.spec, job.device, self.setup.config_display, elapsed, error,
+                               root=self.setup.root, summary=f"crashed: {fatal[1]}")
+        error = ErrorInfo(type="Timeout", message=f"the case ran past its timeout of {job.spec.timeout:g}s "
+                          "and its worker was killed", traceback=tail)
+        return index, lost(job.spec, job.device, self.setup.config_display, elapsed, error,
+                           status="timeout", root=self.setup.root,
+                           summary=f"timed out after {job.spec.timeout:g}s")
+
+    def _forget(self, w: _Worker) -> None:
+        if w in self.workers:
+            self.workers.remove(w)
+        with contextlib.suppress(OSError):
+            w.conn.close()
+
+    def close(self, kill: bool = False) -> None:
+        """Stop every worker: ask idle ones to leave, kill the rest (or all, when `kill`)."""
+        for w in self.workers:
+            if not kill and w.job is None:
+                with contextlib.suppress(OSError):
+                    w.conn.send(None)
+        give_up = time.monotonic() + (0 if kill else 2.0)
+        for w in self.workers:
+            w.process.join(timeout=max(0.0, give_up - time.monotonic()))
+            if w.process.is_alive():
+                w.process.kill()
+                w.process.join(timeout=5)
+            with contextlib.suppress(OSError):
+                w.conn.close()
+        self.workers.clear()
+        shutil.rmtree(self.logs, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _main_without_phantom_file() -> Iterator[None]:
+    """Start a process without asking it to re-run a main script that is no file (stdin, a REPL).
+
+    multiprocessing re-runs the parent's main script in each child; our workers need nothing from
+    it, and a main read from stdin has no file to re-run, so the child would die at start.
+    """
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if path is None or os.path.isfile(path):
+        yield
+        return
+    del main.__file__
+    try:
+        yield
+    finally:
+        main.__file__ = path
+
+
+def _size(path: str) -> int:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return 0
+
+
+def _dumped(path: str, offset: int) -> bool:
+    """Whether a stack dump appeared in a log after `offset`."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(offset)
+            return b"most recent call first" in f.read()
+    except OSError:
+        return False
+
+
+def _tail(path: str) -> str:
+    """The last lines of a worker's log."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, _size(path) - TAIL_BYTES))
+            data = f.read().decode("utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(data.splitlines()[-TAIL_LINES:])

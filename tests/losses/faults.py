@@ -1,0 +1,63 @@
+"""Losses that break the process auditing them, each beside a loss that is fine."""
+
+import ctypes
+import os
+import time
+
+import torch
+
+
+def segfault(x):
+    ctypes.string_at(0)  # reads address 0: SIGSEGV
+    return x.sum()
+
+
+def aborts(x):
+    os.abort()  # SIGABRT, as a failed C assertion does
+    return x.sum()
+
+
+def exits(x):
+    os._exit(3)  # leaves without a word, skipping every handler
+    return x.sum()
+
+
+def spins(x):
+    while True:
+        time.sleep(0.001)
+    return x.sum()
+
+
+def spins_in_python(x):
+    n = 0
+    while True:  # a pure-Python loop that never releases its thread
+        n += 1
+    return x.sum()
+
+
+def hogs_memory(x):
+    # 8 GiB, touched: far past any max_memory_mb a test sets, and past what a CI runner has free.
+    big = torch.ones(2 * 1024**3, dtype=torch.float32)
+    return (x * big[0]).sum()
+
+
+def calls_sys_exit(x):
+    raise SystemExit(4)
+
+
+def raises(x):
+    raise ValueError("this loss is broken")
+
+
+def good(x):
+    return (x ** 2).mean()
+
+
+def slow_good(x):
+    time.sleep(0.3)
+    return (x ** 2).mean()
+
+
+def allocates_64mb(x):
+    buffer = torch.ones(16 * 1024**2, dtype=torch.float32)  # 64 MiB, well under the tests' limits
+    return (x * buffer[0]).sum()
