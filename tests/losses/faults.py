@@ -37,7 +37,7 @@ def spins_in_python(x):
 
 def hogs_memory(x):
     # 8 GiB, touched: far past any max_memory_mb a test sets, and past what a CI runner has free.
-    big = torch.ones(2 * 1024**3, dtype=torch.float32)
+    big = torch.ones(2 * 1024**3, dtype=torch.float32, device=x.device)
     return (x * big[0]).sum()
 
 
@@ -59,5 +59,5 @@ def slow_good(x):
 
 
 def allocates_64mb(x):
-    buffer = torch.ones(16 * 1024**2, dtype=torch.float32)  # 64 MiB, well under the tests' limits
+    buffer = torch.ones(16 * 1024**2, dtype=torch.float32, device=x.device)  # 64 MiB, well under the tests' limits
     return (x * buffer[0]).sum()
