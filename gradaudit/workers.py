@@ -242,15 +242,18 @@ def _worker_main(conn, setup: WorkerSetup, log_path: str, describe: bool = False
         index, spec, device = message
         _fresh_log(log_fd)
         result = audit_job(spec, device, ctx)
+        # A case that poisoned a device context leaves this worker unusable: it says so and leaves,
+        # and a fresh worker takes the next job.
+        leaving = needs_fresh_process()
         try:
-            conn.send(("done", index, result))
+            conn.send(("done", index, result, leaving))
         except Exception as exc:  # noqa: BLE001 - a result that does not pickle is still a result
             result = lost(spec, device, setup.config_display, result.duration_s,
                           ErrorInfo(type=type(exc).__name__, message=f"cannot send the result: {exc}"),
                           status="error")
-            conn.send(("done", index, result))
-        if needs_fresh_process():
-            return  # a case poisoned a device context: a fresh worker takes the next job
+            conn.send(("done", index, result, leaving))
+        if leaving:
+            return
 
 
 def _become_worker(log_path: str) -> int:
@@ -313,6 +316,7 @@ class _Worker:
     log_path: str
     describes: bool = False
     ready: bool = False
+    leaving: bool = False  # it will exit after its last result (a poisoned device context)
     job: tuple[int, Any] | None = None  # (index, Job) while busy
     started: float = 0.0
     deadline: float = 0.0
@@ -348,11 +352,11 @@ class WorkerPool:
         self.start(len(pending))
         while pending or any(w.job for w in self.workers):
             for w in self.workers:
-                if w.ready and w.job is None and pending:
+                if w.ready and not w.leaving and w.job is None and pending:
                     self._send(w, pending.popleft())
             yield from self._step(pending)
             missing = min(self.size, len(pending) + sum(1 for w in self.workers if w.job))
-            while len(self.workers) < missing:
+            while len([w for w in self.workers if not w.leaving]) < missing:
                 self._start_worker()
 
     def _start_worker(self) -> None:
@@ -407,6 +411,7 @@ class WorkerPool:
                 elif message[0] == "done":
                     index, result = message[1], message[2]
                     w.job = None
+                    w.leaving = message[3]
                     yield index, result
         except (EOFError, OSError):
             dead = True

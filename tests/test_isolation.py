@@ -205,3 +205,17 @@ def test_help_does_not_import_torch():
                           env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["False", "False"]
+
+
+def test_a_worker_whose_device_context_is_poisoned_is_replaced(audit_config):
+    config = """
+        defaults: {devices: [cpu]}
+        cases:
+          - {name: a_poisons, loss: "faults:poisons_device", inputs: {x: {shape: [4]}}}
+          - {name: b_good, loss: "faults:good", inputs: {x: {shape: [4]}}}
+        """
+    _, doc = audit_config(config, "--jobs", "1", exit_code=0)
+    assert {n: r["status"] for n, r in by_case(doc).items()} == {"a_poisons": "pass", "b_good": "pass"}
+    # The twin: in one process the poisoned context is still there for the next case.
+    _, doc = audit_config(config, "--no-isolate", exit_code=1)
+    assert by_case(doc)["b_good"]["status"] == "error"

@@ -61,3 +61,11 @@ def slow_good(x):
 def allocates_64mb(x):
     buffer = torch.ones(16 * 1024**2, dtype=torch.float32, device=x.device)  # 64 MiB, well under the tests' limits
     return (x * buffer[0]).sum()
+
+
+def poisons_device(x):
+    # What the audit does after a device-side assert: mark this process's device context unusable.
+    from gradaudit.devices import current
+
+    current().mark_poisoned(x.device.type, "a test loss poisoned the context")
+    return (x ** 2).mean()
