@@ -169,3 +169,17 @@ def test_the_element_budget_is_checked(write_config):
     with pytest.raises(ConfigError, match=r"config.yaml:5:5: cases\[0\].gradcheck_elements: "
                                           "gradcheck_elements must be at least 1"):
         load_config(path)
+
+
+@pytest.mark.cuda
+def test_gradcheck_on_cuda_catches_the_wrong_sign_and_keeps_kinks_quiet(tmp_path):
+    from typer.testing import CliRunner
+
+    from gradaudit.cli import app
+
+    out = tmp_path / "out"
+    CliRunner().invoke(app, ["run", str(GRADCHECK_SAMPLE), "-o", str(out), "--device", "cuda"])
+    results = by_case(json.loads((out / "results.json").read_text()), device="cuda")
+    assert finding_ids(results["wrong_sign_mse"]) == ["gradcheck-mismatch"]
+    for case in ("wrong_sign_mse_no_gradcheck", "custom_mse", "leaky_relu_at_zero", "max_with_ties", "l1_loss"):
+        assert results[case]["status"] == "pass", case
