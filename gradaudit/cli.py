@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from gradaudit import __version__
-from gradaudit.errors import GradauditError
+from gradaudit.errors import GradauditError, UsageError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -117,6 +117,8 @@ def run(
 
     progress = RunProgress(console, quiet=quiet)
     try:
+        if no_isolate and jobs and jobs > 1:
+            raise UsageError("--no-isolate audits one job at a time in this process; drop --jobs")
         cfg = load_config(config, display_path=str(config))
         options = RunOptions(case_globs=case or [], devices=device or [], seed=seed, timeout=timeout,
                              command=shlex.join(["gradaudit", *sys.argv[1:]]), jobs=jobs, shard=shard,

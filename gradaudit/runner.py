@@ -35,7 +35,9 @@ class RunOptions:
     command: str = ""
     jobs: int | None = None  # worker processes; None: every usable CPU
     shard: str | None = None  # "K/N": run only slice K of N of the case x device matrix
-    isolate: bool = True  # False: audit in this process (debugging; a crash ends the run)
+    # True: audit in worker processes (what `gradaudit run` does unless --no-isolate). False, the
+    # library default: in this process, where a caller's injected device layer or live loss lives.
+    isolate: bool = False
 
 
 @dataclass
@@ -215,7 +217,7 @@ def run(config: Config, options: RunOptions,
         on_checkpoint: Callable[[RunResults], None] | None = None) -> RunResults:
     """Audit the selected cases of a config and return the whole run's results.
 
-    Jobs run in worker processes unless `options.isolate` is false. Ctrl-C or SIGTERM stops the
+    Jobs run in worker processes when `options.isolate` is true, else here one by one. Ctrl-C or SIGTERM stops the
     run and raises RunInterrupted, whose results keep what finished, mark the rest `skip` and say
     `interrupted`. In-process,
     `on_checkpoint` gets the results as they would stand if the next job crashed the process, before
@@ -226,8 +228,6 @@ def run(config: Config, options: RunOptions,
         from gradaudit.sharding import parse_shard, select_shard
 
         jobs = select_shard(jobs, *parse_shard(options.shard))
-    if options.isolate is False and options.jobs and options.jobs > 1:
-        raise UsageError("--no-isolate audits one job at a time in this process; drop --jobs")
     if on_start:
         on_start(len(jobs))
     started = clock()
@@ -261,7 +261,7 @@ def run(config: Config, options: RunOptions,
     finished = False
     with _interrupts_raise():
         try:
-            if options.isolate is False:
+            if not options.isolate:
                 environment = _environment()
                 checkpoint = (lambda i: on_checkpoint(results_now(running=i))) if on_checkpoint else None
                 stream = audit_in_process(config, jobs, checkpoint)
