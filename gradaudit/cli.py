@@ -31,6 +31,7 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 class FailOn(str, Enum):
     fail = "fail"
     warn = "warn"
+    new = "new"  # only failures that are not in the --baseline: adopt gradaudit with known debt
 
 
 def _version(value: bool) -> None:
@@ -50,7 +51,7 @@ def _announce(message: str) -> None:
 
 
 def write_reports(results, out_dir: Path, json_path: Path | None = None, junit_path: Path | None = None,
-                  *, html: bool = True, announce=_announce) -> None:
+                  markdown_path: Path | None = None, *, html: bool = True, announce=_announce) -> None:
     """Write index.html and results.json into `out_dir`, and the extra copies asked for."""
     from gradaudit.files import write_atomic
     from gradaudit.htmlreport import write_html
@@ -65,11 +66,34 @@ def write_reports(results, out_dir: Path, json_path: Path | None = None, junit_p
     if junit_path is not None:
         from gradaudit.junitreport import write_junit
 
-        write_atomic(junit_path, lambda s: write_junit(results, s), announce=_announce)
+        write_atomic(junit_path, lambda s: write_junit(results, s), announce=announce)
+    if markdown_path is not None:
+        from gradaudit.markdownreport import write_markdown
+
+        write_atomic(markdown_path, lambda s: write_markdown(results, s), announce=announce)
+
+
+def read_baseline(path: Path | None, fail_on: str = "fail"):
+    """Read the --baseline results file (None without one); --fail-on new needs one."""
+    from gradaudit.errors import UsageError
+    from gradaudit.jsonreport import read_json
+
+    if path is None:
+        if fail_on == "new":
+            raise UsageError("--fail-on new needs --baseline OLD/results.json to tell new failures from old")
+        return None
+    return read_json(path)
 
 
 def exit_code_of(results, fail_on: str = "fail") -> int:
-    """0 when every result passed (warnings too unless fail_on is warn), else 1."""
+    """0 when every result passed (warnings too unless fail_on is warn), else 1.
+
+    With fail_on "new", only failures that the baseline did not already have count.
+    """
+    if fail_on == "new":
+        from gradaudit.baseline import new_failures
+
+        return EXIT_FAILED if new_failures(results) else EXIT_OK
     if results.bad:
         return EXIT_FAILED
     if fail_on == "warn" and any(r.status == "warn" for r in results.results):
@@ -89,6 +113,10 @@ def run(
     = Path("gradaudit-report"),
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write results.json here.")] = None,
     junit: Annotated[Optional[Path], typer.Option("--junit", help="Also write JUnit XML here.")] = None,
+    markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Also write a Markdown summary "
+                                                     "here (for CI job summaries).")] = None,
+    baseline: Annotated[Optional[Path], typer.Option("--baseline", help="An older results.json: mark new "
+                                                     "failures, still failing, fixed and new cases.")] = None,
     case: Annotated[Optional[list[str]], typer.Option("--case", help="Only cases matching this glob "
                                                       "(repeatable).")] = None,
     device: Annotated[Optional[list[str]], typer.Option("--device", help="Audit on this device instead of "
@@ -99,7 +127,8 @@ def run(
     shard: Annotated[Optional[str], typer.Option("--shard", help="Run only slice K of N of the case x "
                                                  "device matrix: K/N (merge with `gradaudit report`).")]
     = None,
-    fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Exit 1 on fail only, or on warn too.")]
+    fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Exit 1 on fail only, on warn too, or only "
+                                            "on failures new since --baseline.")]
     = FailOn.fail,
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds per case and device.")]
     = None,
@@ -120,6 +149,7 @@ def run(
         if no_isolate and jobs and jobs > 1:
             raise UsageError("--no-isolate audits one job at a time in this process; drop --jobs")
         cfg = load_config(config, display_path=str(config))
+        old = read_baseline(baseline, fail_on.value)
         options = RunOptions(case_globs=case or [], devices=device or [], seed=seed, timeout=timeout,
                              command=shlex.join(["gradaudit", *sys.argv[1:]]), jobs=jobs, shard=shard,
                              isolate=not no_isolate)
@@ -133,8 +163,12 @@ def run(
             results = stop.results
         finally:
             progress.stop()
+        if old is not None:
+            from gradaudit.baseline import apply_baseline
+
+            apply_baseline(results, old, str(baseline))
         print_summary(results, console, quiet=quiet)
-        write_reports(results, output, json_path, junit)
+        write_reports(results, output, json_path, junit, markdown)
     except GradauditError as exc:
         _fail(exc)
     if results.interrupted:
@@ -171,20 +205,29 @@ def report(
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for index.html and results.json.")]
     = Path("gradaudit-report"),
     junit: Annotated[Optional[Path], typer.Option("--junit", help="Also write JUnit XML here.")] = None,
+    markdown: Annotated[Optional[Path], typer.Option("--markdown", help="Also write a Markdown summary "
+                                                     "here (for CI job summaries).")] = None,
+    baseline: Annotated[Optional[Path], typer.Option("--baseline", help="An older results.json: mark new "
+                                                     "failures, still failing, fixed and new cases.")] = None,
 ) -> None:
     """Re-render the report from results files (shards of one run merge into one)."""
-    from gradaudit.jsonreport import read_json
+    from gradaudit.jsonreport import read_merged
 
     try:
-        merged = None
-        for path in results_files:
-            part = read_json(path)
-            merged = part if merged is None else merged + part
-        merged.sort()
-        write_reports(merged, output, None, junit)
+        merged = read_merged(results_files)
+        old = read_baseline(baseline)
+        if old is not None:
+            from gradaudit.baseline import apply_baseline
+
+            apply_baseline(merged, old, str(baseline))
+        write_reports(merged, output, None, junit, markdown)
     except GradauditError as exc:
         _fail(exc)
     console.print(f"gradaudit: {merged.summary.line()}", markup=False)
+    if old is not None:
+        from gradaudit.baseline import describe
+
+        console.print(f"gradaudit: {describe(merged)}", markup=False, soft_wrap=True)
 
 
 @app.command()

@@ -42,3 +42,21 @@ def read_json(path: str | Path) -> RunResults:
         return RunResults.from_dict(data)
     except (KeyError, TypeError, ValueError) as exc:
         raise ResultsError(f"{path}: malformed results: {exc}") from None
+
+
+def read_merged(paths: list[str | Path]) -> RunResults:
+    """Read several results files (shards of one run) into one run; a case on a device twice is an error."""
+    merged: RunResults | None = None
+    seen: dict[tuple[str, str], str] = {}
+    for path in paths:
+        part = read_json(path)
+        for result in part.results:
+            if result.key in seen:
+                raise ResultsError(f"{path}: {result.case} [{result.device}] is also in {seen[result.key]}; "
+                                   "merge shards of one run, not runs of the same cases")
+            seen[result.key] = str(path)
+        merged = part if merged is None else merged + part
+    if merged is None:
+        raise ResultsError("no results files given")
+    merged.sort()
+    return merged

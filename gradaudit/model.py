@@ -284,6 +284,8 @@ class RunResults:
     command: str = ""
     interrupted: bool = False
     schema: str = SCHEMA
+    # Set when results were compared with an older run: see gradaudit.baseline.BaselineInfo.
+    baseline: dict[str, Any] = field(default_factory=dict)
 
     @property
     def summary(self) -> Summary:
@@ -348,6 +350,8 @@ class RunResults:
             "summary": self.summary.to_dict(), "results": [r.to_dict() for r in self.results],
             "command": self.command, "interrupted": self.interrupted,
         }
+        if self.baseline:
+            data["baseline"] = self.baseline
         return data
 
     @classmethod
@@ -358,7 +362,7 @@ class RunResults:
             started_at=data.get("started_at", ""), duration_s=data.get("duration_s", 0.0),
             environment=dict(data.get("environment") or {}), config=dict(data.get("config") or {}),
             command=data.get("command", ""), interrupted=bool(data.get("interrupted", False)),
-            schema=data.get("schema", SCHEMA),
+            schema=data.get("schema", SCHEMA), baseline=dict(data.get("baseline") or {}),
         )
 
     def __add__(self, other: RunResults) -> RunResults:
@@ -373,6 +377,7 @@ class RunResults:
             config=self.config or other.config,
             command=self.command or other.command,
             interrupted=self.interrupted or other.interrupted,
+            baseline=self.baseline or other.baseline,
         )
         merged.sort()
         return merged

@@ -6,8 +6,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from gradaudit.baseline import LABELS
+from gradaudit.baseline import describe as describe_baseline
 from gradaudit.model import CaseResult, Finding, RunResults
 
+BASELINE_STYLE = {"new-failure": "bold red", "still-failing": "yellow", "fixed": "green", "new-case": "cyan"}
 STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "error": "bold magenta",
                 "skip": "dim", "timeout": "bold red", "crash": "bold red"}
 
@@ -23,6 +26,8 @@ def result_line(result: CaseResult) -> str:
     text = f"{result.status.upper():7} {result.case} [{result.device}]"
     if result.expected:
         text += " (expected)"
+    if result.baseline:
+        text += f" ({LABELS[result.baseline]})"
     if result.summary_line and result.status != "pass":
         text += f"  {result.summary_line}"
     return text
@@ -36,11 +41,17 @@ def print_summary(results: RunResults, console: Console, *, quiet: bool = False)
         table.add_column("case", overflow="fold")
         table.add_column("device")
         table.add_column("status")
+        if results.baseline:
+            table.add_column("vs baseline")
         table.add_column("what broke, where", overflow="fold")
         for r in shown:
-            table.add_row(escape(r.case), escape(r.device), status_text(r), escape(r.summary_line))
+            mark = [f"[{BASELINE_STYLE[r.baseline]}]{LABELS[r.baseline]}[/]" if r.baseline else ""]
+            table.add_row(escape(r.case), escape(r.device), status_text(r),
+                          *(mark if results.baseline else []), escape(r.summary_line))
         console.print(table)
     console.print(f"gradaudit: {escape(results.summary.line())} in {results.duration_s:.1f}s")
+    if results.baseline:
+        console.print(f"gradaudit: {escape(describe_baseline(results))}")
 
 
 def finding_text(finding: Finding) -> str:
