@@ -18,6 +18,8 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[str]], None], *, a
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
+        # mkstemp makes the file private (0600); a report is for sharing, so use the usual mode.
+        os.chmod(tmp, 0o666 & ~_umask())
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as stream:
             write(stream)
             stream.flush()
@@ -32,6 +34,12 @@ def write_atomic(path: str | os.PathLike, write: Callable[[IO[str]], None], *, a
     if announce is not None:
         announce(f"Wrote {describe(target)} to {target}")
     return target
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def describe(path: Path) -> str:

@@ -296,7 +296,7 @@ def result_view(result: CaseResult, anchor: str, open_: bool) -> ResultView:
         info = result.loss
         loss = (f"{_fmt_number(info.value)} ({info.dtype}{', shape ' + _shape(info.shape) if info.shape else ''}"
                 f", grad_fn {info.grad_fn or 'None'})")
-    facts = [("loss", result.loss_ref), ("seed", str(result.seed)), ("draws", str(result.draws)),
+    facts = [("loss", result.loss_ref), ("seed", str(result.seed)), ("draws", str(result.draws or "")),
              ("time", _duration(result.duration_s))]
     findings = sorted(result.findings, key=lambda f: -f.rank)
     return ResultView(
@@ -332,8 +332,10 @@ def verdict(results: RunResults) -> dict[str, str]:
     else:
         line = f"no unexpected failure in {total} result{'s' if total != 1 else ''}"
     if expected:
+        names = sorted({r.case for r in expected})
         line += (f"; {len(expected)} known-bad fixture{'s' if len(expected) != 1 else ''} "
-                 f"still fail{'s' if len(expected) == 1 else ''} as expected")
+                 f"still fail{'s' if len(expected) == 1 else ''} as expected: " + ", ".join(names[:5])
+                 + (f" and {len(names) - 5} more" if len(names) > 5 else ""))
     return {"word": word, "cls": cls, "icon": STATUS_ICON.get(cls, ""), "line": line}
 
 

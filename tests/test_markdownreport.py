@@ -37,7 +37,8 @@ def test_counts_and_verdict():
     names = [c.strip() for c in header.strip("|").split("|")]
     values = [int(c) for c in counts.strip("|").split("|")]
     summary = run.summary.counts
-    assert dict(zip(names, values)) == {**{s: n for s, n in summary.items() if n}, "total": len(run.results)}
+    wanted = {**{s: n for s, n in summary.items() if n}, "total": len(run.results)}
+    assert dict(zip(names, values, strict=True)) == wanted
 
 
 def test_failing_cases_listed_bad_first_with_their_culprit_lines():

@@ -1,0 +1,45 @@
+"""`gradaudit report A.json B.json -o DIR`: shards of one run merge into one report."""
+
+from __future__ import annotations
+
+import json
+
+import junitparser
+
+from tests.conftest import check_contract
+from tests.htmltools import parse
+from tests.test_baseline import write
+
+
+def test_shards_merge_into_one_report(tmp_path, cli_invoke):
+    one = write(tmp_path, "one.yaml", {"a_broken": "spine:raises", "b_good": "spine:raises_twin"})
+    two = write(tmp_path, "two.yaml", {"c_good": "spine:first_column_twin", "d_partial": "spine:first_column"})
+    cli_invoke(["run", one, "-o", tmp_path / "s1"], exit_code=1)
+    cli_invoke(["run", two, "-o", tmp_path / "s2"], exit_code=1)
+    parts = [json.loads((tmp_path / s / "results.json").read_text()) for s in ("s1", "s2")]
+    out = tmp_path / "merged"
+    result = cli_invoke(["report", tmp_path / "s2" / "results.json", tmp_path / "s1" / "results.json",
+                         "-o", out, "--junit", out / "junit.xml", "--markdown", out / "summary.md"])
+    check_contract(out / "results.json")
+    merged = json.loads((out / "results.json").read_text())
+    expected = sorted((r["case"], r["device"], r["status"]) for p in parts for r in p["results"])
+    assert [(r["case"], r["device"], r["status"]) for r in merged["results"]] == expected  # sorted, all there
+    for key in ("total", "pass", "fail", "error"):
+        assert merged["summary"][key] == sum(p["summary"][key] for p in parts)
+    assert merged["started_at"] == min(p["started_at"] for p in parts)
+    assert f"{merged['summary']['total']} results" in result.output
+    page = parse((out / "index.html").read_text())
+    assert len(page.find_all("details", cls="result")) == len(expected)
+    junit = junitparser.JUnitXml.fromfile(str(out / "junit.xml"))
+    assert sorted(c.name for s in junit for c in s) == sorted(f"{c}[{d}]" for c, d, _ in expected)
+    summary = (out / "summary.md").read_text()
+    assert "`a_broken`" in summary and "`d_partial`" in summary
+
+
+def test_the_same_result_in_two_files_is_an_error(tmp_path, cli_invoke):
+    one = write(tmp_path, "one.yaml", {"a": "spine:raises_twin"})
+    cli_invoke(["run", one, "-o", tmp_path / "s1"])
+    path = tmp_path / "s1" / "results.json"
+    result = cli_invoke(["report", path, path, "-o", tmp_path / "m"], exit_code=2)
+    assert f"{path}: a [cpu] is also in {path}" in result.output
+    assert not (tmp_path / "m").exists()
