@@ -207,6 +207,9 @@ class _Check:
         if any(s.requires_grad and "complex" in s.dtype for s in self.spec.inputs):
             result.gradcheck = {"skipped": "complex inputs are not checked"}
             return
+        if not any(s.requires_grad for s in self.spec.inputs):
+            result.gradcheck = {"skipped": "no input requires grad (module parameters are held fixed)"}
+            return
         try:
             dims, specs = self.shrink()
         except _Skip as exc:

@@ -154,6 +154,14 @@ def test_a_loss_that_stays_in_float32_is_skipped_with_the_reason():
     assert "computes in float32" in result.results[0].gradcheck["skipped"]
 
 
+def test_a_module_with_only_parameters_is_skipped_with_the_reason():
+    result = audit(torch.nn.Linear, init_kwargs={"in_features": 3, "out_features": 1}, devices=["cpu"],
+                   gradcheck=True, inputs={"x": Spec(shape=(2, 3), requires_grad=False)})
+    assert result.ok
+    assert result.results[0].gradcheck == {"skipped": "no input requires grad (module parameters are "
+                                                      "held fixed)"}
+
+
 def test_the_element_budget_is_checked(write_config):
     from gradaudit.config import load_config
     from gradaudit.errors import ConfigError
