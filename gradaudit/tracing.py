@@ -19,7 +19,6 @@ import inspect
 import re
 import sys
 import warnings
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,6 +87,9 @@ _COMPARE_OPS = frozenset({"gt", "lt", "ge", "le", "eq", "ne", "__gt__", "__lt__"
                           "__invert__", "signbit", "isneginf", "isposinf", "equal", "allclose"})
 
 _MAX_LIST_SCAN = 64
+# The draws traced: the first only. Breaks, in-place ops and factories are properties of the code,
+# which the first draw runs; the other draws, which confirm verdicts, run at the spine's own cost.
+TRACED_DRAWS = 1
 
 
 def _op_name(func: Any) -> str:
@@ -110,15 +112,18 @@ def _display_op(name: str, func: Any) -> str:
     return f"{module}.{name}"
 
 
-@dataclass
 class Tag:
     """What the trace knows about one tensor, for the draw that made it."""
 
-    token: object
-    grad: frozenset = _EMPTY  # audited leaves its gradient path reaches
-    derived: bool = False  # its values depend on an input
-    breaks: frozenset = _EMPTY  # ids of recorded breaks its values passed through
-    fixed: frozenset = _EMPTY  # ids of fixed-device factories it came from
+    __slots__ = ("token", "grad", "derived", "breaks", "fixed")
+
+    def __init__(self, token: object, grad: frozenset = _EMPTY, derived: bool = False,
+                 breaks: frozenset = _EMPTY, fixed: frozenset = _EMPTY) -> None:
+        self.token = token
+        self.grad = grad  # audited leaves its gradient path reaches
+        self.derived = derived  # its values depend on an input
+        self.breaks = breaks  # ids of recorded breaks its values passed through
+        self.fixed = fixed  # ids of fixed-device factories it came from
 
 
 @dataclass
@@ -193,6 +198,31 @@ def _user_frames() -> list[tuple[str, int, str]] | None:
     return frames
 
 
+_KINDS: dict[Any, tuple[str, str]] = {}
+
+
+def _classify(func: Any) -> str:
+    """How the tracer treats a torch function: skip, escape, data, factory, move, inplace or op."""
+    name = _op_name(func)
+    if name in SKIP or func is torch.autograd.grad or func is torch.autograd.backward:
+        return "skip"
+    if name in SHAPE_ONLY or name.startswith("__get__:") and name != "__get__:data":
+        return "skip" if name not in ("__get__:T", "__get__:mT", "__get__:H", "__get__:mH",
+                                      "__get__:real", "__get__:imag") else "op"
+    if name in ESCAPES:
+        return "escape"
+    if name in FROM_DATA:
+        return "data"
+    if name in FACTORIES:
+        return "factory"
+    if name in ("cuda", "cpu", "to"):
+        return "move"
+    if name in INPLACE_DUNDERS or (name.endswith("_") and not name.startswith("__")
+                                   and name not in NOT_INPLACE):
+        return "inplace"
+    return "op"
+
+
 class _Mode(TorchFunctionMode):
     """The function mode that feeds every torch call of the forward pass to its Tracer."""
 
@@ -216,7 +246,6 @@ class Tracer:
         self.loss_breaks: set[int] | None = None
         self.conflicts: list[Conflict] = []
         self.current: str = ""
-        self.kinds: dict[Any, str] = {}
 
     # -- tags -------------------------------------------------------------------------------
     def tag(self, t: torch.Tensor) -> Tag | None:
@@ -275,16 +304,22 @@ class Tracer:
 
     # -- the call ---------------------------------------------------------------------------
     def call(self, func: Any, args: tuple, kwargs: dict) -> Any:
-        kind = self.kinds.get(func)
-        if kind is None:
-            kind = self.kinds[func] = self._classify(func)
+        known = _KINDS.get(func)
+        if known is None:
+            known = _KINDS[func] = (_classify(func), _op_name(func))
+        kind, name = known
         if kind == "skip":
             return func(*args, **kwargs)
         tensors: list[Tag] = []
-        self._collect(args, tensors, 0)
+        for v in args:
+            if isinstance(v, torch.Tensor):
+                tag = self.tag(v)
+                if tag is not None:
+                    tensors.append(tag)
+            elif isinstance(v, (list, tuple)) and v:
+                self._collect(v, tensors, 1)
         if kwargs:
             self._collect(tuple(kwargs.values()), tensors, 0)
-        name = _op_name(func)
         target = args[0] if kind == "inplace" and args and isinstance(args[0], torch.Tensor) else None
         before = (target._version, target.requires_grad) if target is not None else None
         factory = None
@@ -298,26 +333,6 @@ class Tracer:
         if tensors or factory is not None or kind in ("data", "escape"):
             self._after(func, name, kind, tensors, out, target, before, factory)
         return out
-
-    def _classify(self, func: Any) -> str:
-        name = _op_name(func)
-        if name in SKIP or func is torch.autograd.grad or func is torch.autograd.backward:
-            return "skip"
-        if name in SHAPE_ONLY or name.startswith("__get__:") and name != "__get__:data":
-            return "skip" if name not in ("__get__:T", "__get__:mT", "__get__:H", "__get__:mH",
-                                          "__get__:real", "__get__:imag") else "op"
-        if name in ESCAPES:
-            return "escape"
-        if name in FROM_DATA:
-            return "data"
-        if name in FACTORIES:
-            return "factory"
-        if name in ("cuda", "cpu", "to"):
-            return "move"
-        if name in INPLACE_DUNDERS or (name.endswith("_") and not name.startswith("__")
-                                       and name not in NOT_INPLACE):
-            return "inplace"
-        return "op"
 
     def _collect(self, values: tuple | list, out: list, depth: int) -> None:
         for i, v in enumerate(values):
@@ -333,10 +348,14 @@ class Tracer:
                 return
 
     def _after(self, func, name, kind, tags, out, target, before, factory) -> None:
-        grad_in = _union(t.grad for t in tags)
-        breaks_in = _union(t.breaks for t in tags)
-        fixed_in = _union(t.fixed for t in tags)
-        derived = any(t.derived for t in tags)
+        if len(tags) == 1:
+            only = tags[0]
+            grad_in, breaks_in, fixed_in, derived = only.grad, only.breaks, only.fixed, only.derived
+        else:
+            grad_in = _union([t.grad for t in tags])
+            breaks_in = _union([t.breaks for t in tags])
+            fixed_in = _union([t.fixed for t in tags])
+            derived = any(t.derived for t in tags)
         if fixed_in and any(t.derived and not t.fixed for t in tags):
             for rid in fixed_in:
                 self.records[rid].met = True
@@ -370,7 +389,10 @@ class Tracer:
             fixed = fixed_in
             if factory is not None and o.dim() > 0:
                 fixed = fixed | {factory.id}
-            self.set_tag(o, Tag(self.token, grad=grad_out, derived=derived, breaks=brk, fixed=fixed))
+            if len(tags) == 1 and grad_out is grad_in and brk is breaks_in and fixed is fixed_in:
+                o.__dict__["_gradaudit_tag"] = tags[0]  # nothing changed: share the input's tag
+            else:
+                self.set_tag(o, Tag(self.token, grad=grad_out, derived=derived, breaks=brk, fixed=fixed))
 
     def _inplace(self, func, name, target, before, grad_in, breaks_in, derived, fixed_in) -> None:
         version_before, was_graph = before
@@ -480,7 +502,7 @@ class Tracer:
         return best[1] if best else None
 
 
-def _union(sets: Iterator[frozenset]) -> frozenset:
+def _union(sets: list[frozenset]) -> frozenset:
     result = _EMPTY
     for s in sets:
         if s and s is not result:
@@ -493,21 +515,29 @@ def _union(sets: Iterator[frozenset]) -> frozenset:
 class TraceObserver:
     """Trace each draw's forward pass; explain the case's findings from the records."""
 
-    def __init__(self) -> None:
+    def __init__(self, traced_draws: int = TRACED_DRAWS) -> None:
         self.tracer = Tracer()
+        self.traced_draws = traced_draws
+        self.tracing = False
 
-    @contextlib.contextmanager
     def draw_context(self, draw: int, inputs: dict[str, torch.Tensor]):
+        """Trace draws 0..traced_draws-1; the draws that only confirm a zero pattern run bare."""
         if draw == 0:
             self.tracer = Tracer()
+        self.tracing = draw < self.traced_draws
+        return self._traced(inputs) if self.tracing else contextlib.nullcontext()
+
+    @contextlib.contextmanager
+    def _traced(self, inputs: dict[str, torch.Tensor]):
         tracer = self.tracer
         tracer.start_draw(inputs)
-        mode = _Mode(tracer)
-        with torch.autograd.graph.saved_tensors_hooks(tracer.pack, tracer.unpack), mode:
+        with torch.autograd.graph.saved_tensors_hooks(tracer.pack, tracer.unpack), _Mode(tracer):
             yield tracer
 
     def loss_returned(self, loss: Any) -> None:
         """Note which breaks the loss's values passed through (Python values: every escape)."""
+        if not self.tracing:
+            return
         tracer = self.tracer
         if isinstance(loss, torch.Tensor):
             tag = loss.__dict__.get("_gradaudit_tag")

@@ -83,8 +83,10 @@ def _twin(loss: str) -> str:
     return f"{module}:{name}Twin" if name[0].isupper() else f"{module}:{name.rstrip('_')}_twin"
 
 
-TWINS = {f"{name}_twin": (_twin(loss), inputs, extra) for name, (loss, inputs, _, _, extra) in BUGS.items()}
+TWINS = {f"{name.rstrip('_')}_twin": (_twin(loss), inputs, extra)
+         for name, (loss, inputs, _, _, extra) in BUGS.items()}
 TWINS["no_grad_normalise_twin"] = ("cause_graph_break:no_grad_target_twin", XY, "expect: {no_grad: [y]}")
+TWINS["custom_function_twin"] = ("cause_graph_break:custom_function_twin", XY, "")
 
 
 def _config() -> str:
@@ -181,3 +183,23 @@ def test_declared_stop_gradient_is_an_info_break(corpus):
     r = corpus["no_grad_normalise_twin"]
     info = [f for f in r["findings"] if f["id"] == "graph-break"]
     assert info and all(f["severity"] == "info" for f in info)
+
+
+@pytest.mark.parametrize("case", ["ratio_detached_twin", "helper_chain_twin", "custom_function_twin",
+                                  "item_scale_twin", "numpy_roundtrip_twin"])
+def test_twin_has_no_graph_break_at_all(corpus, case):
+    assert "graph-break" not in [f["id"] for f in corpus[case]["findings"]]
+
+
+def test_harmless_inplace_is_an_info_at_its_line(corpus):
+    info = [f for f in corpus["view_of_saved_twin"]["findings"] if f["id"] == "inplace-on-graph-tensor"]
+    lines = (Path(LOSSES) / "cause_inplace.py").read_text(encoding="utf-8").splitlines()
+    start = lines.index("def view_of_saved_twin(x):")
+    mul = next(i + 1 for i in range(start, len(lines)) if "column.mul_(0.5)" in lines[i])
+    assert [f["location"]["line"] for f in info] == [mul]
+    assert "inplace-on-graph-tensor" not in [f["id"] for f in corpus["exp_then_add_twin"]["findings"]]
+
+
+def test_a_conflict_is_not_also_an_info(corpus):
+    ids = [f["id"] for f in corpus["exp_then_add_"]["findings"]]
+    assert ids.count("inplace-version-conflict") == 1 and "inplace-on-graph-tensor" not in ids
