@@ -83,9 +83,19 @@ class SourceLine:
 @dataclass
 class FindingView:
     finding: Finding
+    message: list[tuple[str, bool]]  # the message in pieces: (text, whether it is `code`)
     where: str  # "file:line in function"
     source: list[SourceLine]
     chain: list[str]
+    same_place: bool = False  # an earlier finding of the result showed this very line
+
+
+def message_parts(message: str) -> list[tuple[str, bool]]:
+    """Split a message at `backticks` into text and code pieces (a last, unpaired backtick stays text)."""
+    pieces = message.split("`")
+    if len(pieces) % 2 == 0:
+        pieces[-2:] = ["`".join(pieces[-2:])]
+    return [(piece, i % 2 == 1) for i, piece in enumerate(pieces) if piece]
 
 
 @dataclass
@@ -115,6 +125,7 @@ class ResultView:
     loss: str
     facts: list[tuple[str, str]]
     search: str
+    summary: list[tuple[str, bool]]
 
 
 @dataclass
@@ -124,7 +135,7 @@ class RowView:
     case: str
     cells: list[ResultView | None]
     worst: ResultView
-    what: str
+    what: list[tuple[str, bool]]
     statuses: str
     search: str
 
@@ -189,12 +200,18 @@ def _frame_text(frame) -> str:
     return text + (f": {frame.code}" if frame.code else "")
 
 
-def finding_view(finding: Finding) -> FindingView:
+def finding_view(finding: Finding, shown: set[str] | None = None) -> FindingView:
+    """A finding for display; a line already in `shown` (an earlier finding's) is not repeated."""
     loc = finding.location
+    parts = message_parts(finding.message)
     if loc is None:
-        return FindingView(finding, "", [], [])
+        return FindingView(finding, parts, "", [], [])
     where = loc.where + (f" in {loc.function}" if loc.function else "")
-    return FindingView(finding, where, source_lines(loc), [_frame_text(f) for f in loc.chain])
+    if shown is not None and loc.where in shown:
+        return FindingView(finding, parts, where, [], [], same_place=True)
+    if shown is not None:
+        shown.add(loc.where)
+    return FindingView(finding, parts, where, source_lines(loc), [_frame_text(f) for f in loc.chain])
 
 
 def _cell_class(value: Any) -> str | None:
@@ -299,11 +316,13 @@ def result_view(result: CaseResult, anchor: str, open_: bool) -> ResultView:
     facts = [("loss", result.loss_ref), ("seed", str(result.seed)), ("draws", str(result.draws or "")),
              ("time", _duration(result.duration_s))]
     findings = sorted(result.findings, key=lambda f: -f.rank)
+    shown: set[str] = set()
     return ResultView(
         result=result, anchor=anchor, badge=Badge.of(result.status, result.expected),
         baseline=BASELINE_LABELS.get(result.baseline or "", ""), open=open_,
-        findings=[finding_view(f) for f in findings], inputs=input_views(result), loss=loss,
-        facts=[(k, v) for k, v in facts if v], search=f"{result.case} {result.loss_ref}".lower())
+        findings=[finding_view(f, shown) for f in findings], inputs=input_views(result), loss=loss,
+        facts=[(k, v) for k, v in facts if v], search=f"{result.case} {result.loss_ref}".lower(),
+        summary=message_parts(result.summary_line))
 
 
 def counts_text(results: list[CaseResult]) -> str:
@@ -394,7 +413,7 @@ def build_view(results: RunResults) -> dict[str, Any]:
             if what and len(audited) > 1:
                 what = f"[{telling.result.device}] {what}"
             group.rows.append(RowView(
-                case=case, cells=[by_device.get(d) for d in devices], worst=worst, what=what,
+                case=case, cells=[by_device.get(d) for d in devices], worst=worst, what=message_parts(what),
                 statuses=" ".join(sorted({v.result.status for v in case_views})), search=worst.search))
     counts = results.summary.counts
     return {

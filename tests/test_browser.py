@@ -22,6 +22,11 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 SEED = REPO / "sample_configs" / "seed_examples.yaml"
 
 
+def _line_of(path: Path, text: str) -> int:
+    """The number of the first line of `path` that holds `text` (ground truth for the culprit)."""
+    return next(n for n, line in enumerate(path.read_text().splitlines(), 1) if text in line)
+
+
 def _missing(what: str) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"{what} is missing, and CI=true: the browser test must run in CI (see .ci/run)")
@@ -129,14 +134,11 @@ def test_seed_report_filters_searches_and_shows_the_culprit(browser, seed_report
     block = page.locator("details.result:has(.name:text-is('example_1_detached_ratio'))").first
     assert block.get_attribute("open") is not None
     page.screenshot(path=str(tmp_path / "seed-report.png"), full_page=True)
-    culprits = block.locator(".src .culprit")
-    located = [f for r in doc["results"] if r["case"] == "example_1_detached_ratio" for f in r["findings"]
-               if f.get("location")]
-    if not located:
-        view.close()
-        pytest.xfail("the audit gives example_1_detached_ratio no location yet (op tracing, issue 3)")
-    assert culprits.count() >= 1 and culprits.first.is_visible()
-    assert "component_b.detach()" in " ".join(culprits.all_inner_texts())
+    culprit = block.locator(".src .culprit").first
+    assert culprit.is_visible()
+    assert "component_b_detached = component_b.detach()" in culprit.inner_text()
+    assert culprit.locator(".ln").inner_text() == str(_line_of(SEED.parent / "seed_losses.py",
+                                                               "component_b.detach()"))
     view.close()
 
 

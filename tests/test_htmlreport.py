@@ -318,3 +318,26 @@ def test_a_non_editable_install_renders_reports(tmp_path):
     module, folder, page = proc.stdout.split("\n", 2)
     assert module.startswith(str(target)) and folder == str(target / "gradaudit" / "templates")
     assert len(parse(page).find_all("details", cls="result")) == len(reportdata.sample_run().results)
+
+
+def test_backticked_code_in_messages_is_code_and_still_escaped():
+    result = reportdata.ratio_fail()
+    result.findings[1].message = "`b = x.detach()` at r.py:7 cuts `<script>alert(1)</script>` off; odd ` stays"
+    result.findings[0].message = "a `lone backtick"
+    result.summary_line = "`x.detach()` at r.py:7 <b>"
+    tree = parse(render_html(reportdata.sample_run([result])))
+    for where in (tree.find("td", cls="what"), tree.find("span", cls="summary-line")):
+        assert [c.text for c in where.find_all("code")] == ["x.detach()"] and where.text == "x.detach() at r.py:7 <b>"
+    first, second = tree.find_all("p", cls="message")
+    assert [c.text for c in first.find_all("code")] == ["b = x.detach()", "<script>alert(1)</script>"]
+    assert first.text == result.findings[1].message.replace("`", "", 4)
+    assert second.text == "a `lone backtick" and not second.find_all("code")
+
+
+def test_a_line_two_findings_share_is_shown_once():
+    result = reportdata.ratio_fail()
+    result.findings[0].location = result.findings[1].location
+    tree = parse(render_html(reportdata.sample_run([result])))
+    findings = tree.find_all("li", cls="finding")
+    assert len(findings[0].find_all("pre", cls="src")) == 1
+    assert not findings[1].find_all("pre") and "(the line shown above)" in findings[1].find("p", cls="where").text
