@@ -566,6 +566,16 @@ def default_observers() -> list[Any]:
 
 # -- turning records into findings -----------------------------------------------------------
 
+_TRAILING_COMMENT = re.compile(r"\s+#[^'\"]*$")
+
+
+def _quote(loc: Location | None, fallback: str) -> str:
+    """The culprit's source line in backticks, without a trailing comment; else the op's name."""
+    if loc is None or not loc.code:
+        return f"`{fallback}`"
+    return f"`{_TRAILING_COMMENT.sub('', loc.code)}`"
+
+
 _FAILING = ("input-disconnected", "zero-grad", "partial-grad")
 
 
@@ -586,6 +596,7 @@ class Explainer:
         self.unused_parameters()
         self.inplace()
         self.portability()
+        self.unregistered_tensors()
         nonfinite = [f for f in self.audit.findings if f.id == "nonfinite-grad"]
         if nonfinite:
             self.nonfinite_origin(nonfinite)
@@ -625,7 +636,7 @@ class Explainer:
             if rec.id not in explained and on_path is not None and rec.id not in on_path:
                 continue  # values that never reached the loss: a side computation
             loc = self.location(rec)
-            code = f"`{loc.code}`" if loc and loc.code else f"`{rec.op}`"
+            code = _quote(loc, rec.op)
             where = f" at {loc.where}" if loc else ""
             words = _KIND_WORDS[rec.why][0]
             detail = {"op": rec.op, "kind": rec.why, "inputs": lost, "calls": rec.calls}
@@ -678,14 +689,14 @@ class Explainer:
             mod = conflict.modified_by
             mod_loc = self.location(mod) if mod else None
             saver = conflict.saved_by or "an op"
-            saved_code = f"`{saved_loc.code}`" if saved_loc and saved_loc.code else f"`{saver}`"
+            saved_code = _quote(saved_loc, saver)
             saved_where = f" at {saved_loc.where}" if saved_loc else ""
             detail = dict(finding.detail)
             detail.update(version_saved=conflict.version_saved, version_now=conflict.version_now,
                           saved_by={"op": saver, "location": saved_loc.to_dict() if saved_loc else None})
             if mod is not None:
                 detail["modified_by"] = {"op": mod.op, "location": mod_loc.to_dict() if mod_loc else None}
-                mod_code = f"`{mod_loc.code}`" if mod_loc and mod_loc.code else f"`{mod.op}`"
+                mod_code = _quote(mod_loc, mod.op)
                 finding.message = (
                     f"{mod_code} at {mod_loc.where if mod_loc else '?'} changed in place a tensor that "
                     f"{saved_code}{saved_where} saved for backward (version {conflict.version_saved} -> "
@@ -698,7 +709,7 @@ class Explainer:
         for rec in tracer.records:
             if rec.kind == "inplace" and rec.graph and not rec.conflict:
                 loc = self.location(rec)
-                code = f"`{loc.code}`" if loc and loc.code else f"`{rec.op}`"
+                code = _quote(loc, rec.op)
                 audit.findings.append(Finding(
                     id="inplace-on-graph-tensor", severity="info", location=loc,
                     message=f"{code}{f' at {loc.where}' if loc else ''} changes a tensor of the graph in "
@@ -711,7 +722,7 @@ class Explainer:
             if rec.kind != "factory" or not (rec.met or rec.op.endswith((".cuda", ".to"))):
                 continue
             loc = self.location(rec)
-            code = f"`{loc.code}`" if loc and loc.code else f"`{rec.op}`"
+            code = _quote(loc, rec.op)
             where = f" at {loc.where}" if loc else ""
             if rec.device in ("", "None"):
                 why = "makes a tensor on the default device (no device=) that meets the inputs"
@@ -732,20 +743,49 @@ class Explainer:
         for f in self.audit.findings:
             if f.id != "input-disconnected" or not (f.input or "").startswith("param:") or f.location:
                 continue
-            path = f.input.removeprefix("param:")
-            owner_path, _, attr = path.rpartition(".")
+            owner_path, _, attr = f.input.removeprefix("param:").rpartition(".")
             try:
                 owner = module.get_submodule(owner_path) if owner_path else module
-                lines, start = inspect.getsourcelines(type(owner))
-                filename = inspect.getsourcefile(type(owner))
-            except (AttributeError, OSError, TypeError):
+            except AttributeError:
                 continue
-            pattern = re.compile(rf"self\.{re.escape(attr)}\s*(:[^=]*)?=")
-            for offset, text in enumerate(lines):
-                if pattern.search(text) and filename:
-                    f.location = location_from([(filename, start + offset, type(owner).__name__)], self.root)
-                    f.message += "; it is declared here and never used by forward"
-                    break
+            loc = self.declaration(type(owner), attr)
+            if loc is not None:
+                f.location = loc
+                f.message += "; it is declared here and never used by forward"
+
+    def declaration(self, cls: type, attr: str) -> Location | None:
+        """The line of a class's source that assigns `self.<attr>` (in __init__, usually)."""
+        try:
+            lines, start = inspect.getsourcelines(cls)
+            filename = inspect.getsourcefile(cls)
+        except (OSError, TypeError):
+            return None
+        pattern = re.compile(rf"self\.{re.escape(attr)}\s*(:[^=]*)?=[^=]")
+        for offset, text in enumerate(lines):
+            if filename and pattern.search(text):
+                return location_from([(filename, start + offset, cls.__name__)], self.root)
+        return None
+
+    def unregistered_tensors(self) -> None:
+        """Plain tensor attributes of a module loss: `.to(device)` moves buffers, not these."""
+        module = self.audit.module
+        if module is None:
+            return
+        for path, sub in module.named_modules():
+            for attr, value in vars(sub).items():
+                if not isinstance(value, torch.Tensor) or isinstance(value, torch.nn.Parameter):
+                    continue
+                if value.dim() == 0:
+                    continue  # a 0-dim tensor mixes with any device
+                loc = self.declaration(type(sub), attr)
+                name = f"{path}.{attr}" if path else attr
+                self.audit.findings.append(Finding(
+                    id="device-portability", severity="warn", location=loc,
+                    message=f"{_quote(loc, 'self.' + attr)}{f' at {loc.where}' if loc else ''} keeps the tensor "
+                            f"`{name}` as a plain attribute: module.to(device) does not move it, so on another "
+                            "device it meets the inputs on the wrong one; use self.register_buffer"
+                            f"({attr!r}, ...)",
+                    detail={"op": "attribute", "attribute": name, "device": str(value.device)}))
 
     # -- NaN / Inf --------------------------------------------------------------------------
     def _rerun(self, draw: int, mode: Any = None) -> tuple[Any, list[torch.Tensor]]:
@@ -776,7 +816,7 @@ class Explainer:
         node, grad_in, grad_out = origin
         loc = location_from(frames_from_text("".join(node.metadata.get("traceback_", []) or [])), self.root)
         facts = _boundary_facts(node, grad_in, grad_out)
-        code = f"`{loc.code}`" if loc and loc.code else f"`{node.name()}`"
+        code = _quote(loc, node.name())
         where = f" at {loc.where}" if loc else ""
         for f in findings:
             track = self.audit.tracks.get(f.input)
@@ -831,7 +871,7 @@ class Explainer:
             return
         op, frames, what, count, total = mode.found
         loc = location_from(frames, self.root)
-        code = f"`{loc.code}`" if loc and loc.code else f"`{op}`"
+        code = _quote(loc, op)
         finding.message += (f"; it began at {code}{f' at {loc.where}' if loc else ''}, whose result holds "
                             f"{what} ({count} of {total} elements) while its inputs are finite")
         finding.location = loc

@@ -75,6 +75,7 @@ BUGS = {
                                  None, ""),
     "moved_to_cpu": ("cause_portability:moved_to_cpu", XT, "device-portability", None, ""),
     "explicit_cpu": ("cause_portability:explicit_cpu", XT, "device-portability", None, ""),
+    "UnregisteredWeights": ("cause_portability:UnregisteredWeights", XT, "device-portability", None, ""),
 }
 
 

@@ -44,3 +44,22 @@ def explicit_cpu_twin(x, t):
     acc = x.new_zeros(x.shape[0])
     half = torch.tensor(0.5)  # a 0-dim CPU tensor mixes with any device
     return (acc + ((x - t) ** 2).sum(1)).mean() * half
+
+
+class UnregisteredWeights(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.class_weights = torch.tensor([1.0, 2.0, 1.0, 0.5])  # CULPRIT: UnregisteredWeights
+
+    def forward(self, x, t):
+        return ((x - t) ** 2 * self.class_weights).mean()
+
+
+class UnregisteredWeightsTwin(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("class_weights", torch.tensor([1.0, 2.0, 1.0, 0.5]))
+        self.margin = torch.tensor(0.1)  # 0-dim: mixes with any device
+
+    def forward(self, x, t):
+        return ((x - t) ** 2 * self.class_weights).mean() + self.margin
