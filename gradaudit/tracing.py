@@ -618,14 +618,21 @@ class Explainer:
         no_grad = next((f for f in audit.findings if f.id == "loss-no-grad"), None)
         declared = set(audit.spec.expect.no_grad)
         explained: dict[int, list[Finding]] = {}
+
+        def blame(finding: Finding, candidates: list[Record]) -> None:
+            # The surest cuts explain it (a detach beside a mask: the detach, not the mask).
+            if candidates:
+                surest = min(_KIND_WORDS[r.why][1] for r in candidates)
+                for rec in candidates:
+                    if _KIND_WORDS[rec.why][1] == surest:
+                        explained.setdefault(rec.id, []).append(finding)
+
         for finding in failing:
-            for rec in breaks:
-                if finding.input in self.lost_names(rec) and (on_path is None or rec.id in on_path):
-                    explained.setdefault(rec.id, []).append(finding)
+            blame(finding, [r for r in breaks if finding.input in self.lost_names(r)
+                            and (on_path is None or r.id in on_path)])
         if no_grad is not None:
-            for rec in breaks:
-                if (on_path is None or rec.id in on_path) and self.lost_names(rec) - declared:
-                    explained.setdefault(rec.id, []).append(no_grad)
+            blame(no_grad, [r for r in breaks if (on_path is None or r.id in on_path)
+                            and self.lost_names(r) - declared])
         fails: list[Finding] = []
         infos: list[Finding] = []
         culprit_of: dict[int, Finding] = {}  # id(failing finding) -> its best graph-break

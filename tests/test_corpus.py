@@ -20,6 +20,7 @@ from tests.conftest import LOSSES, check_contract
 XY = "x: {shape: [B, C]}\n      y: {shape: [B, C]}"
 XT = "x: {shape: [B, C]}\n      t: {shape: [B, C], requires_grad: false}"
 X = "x: {shape: [B, C]}"
+XT2 = "x: {shape: [B, 2]}\n      t: {shape: [B, 2], requires_grad: false}"
 RATIO = "x: {shape: [B, 2], init: uniform, low: 0.5, high: 2.0}\n      t: {shape: [B], requires_grad: false}"
 ONEHOT = "x: {shape: [B, C]}\n      t: {shape: [B, C], init: one_hot, requires_grad: false}"
 
@@ -29,6 +30,7 @@ BUGS = {
     "ratio_detached": ("cause_graph_break:ratio_detached", RATIO, "graph-break", "partial-grad", ""),
     "data_attribute": ("cause_graph_break:data_attribute", XY, "graph-break", "input-disconnected", ""),
     "self_target": ("cause_graph_break:self_target", X, "graph-break", "zero-grad", ""),
+    "detach_beside_mask": ("cause_graph_break:detach_beside_mask", XT2, "graph-break", "partial-grad", ""),
     "item_scale": ("cause_graph_break:item_scale", XY, "graph-break", "input-disconnected", ""),
     "tolist_roundtrip": ("cause_graph_break:tolist_roundtrip", XY, "graph-break", "input-disconnected", ""),
     "float_mean": ("cause_graph_break:float_mean", XY, "graph-break", "input-disconnected", ""),
@@ -204,3 +206,8 @@ def test_harmless_inplace_is_an_info_at_its_line(corpus):
 def test_a_conflict_is_not_also_an_info(corpus):
     ids = [f["id"] for f in corpus["exp_then_add_"]["findings"]]
     assert ids.count("inplace-version-conflict") == 1 and "inplace-on-graph-tensor" not in ids
+
+
+def test_the_mask_beside_the_detach_is_not_blamed(corpus):
+    breaks = [f for f in corpus["detach_beside_mask"]["findings"] if f["id"] == "graph-break"]
+    assert [(f["severity"], f["detail"]["kind"]) for f in breaks] == [("fail", "detach"), ("info", "compare")]
