@@ -27,22 +27,25 @@
     var on = activeStatuses();
     var query = search.value.trim().toLowerCase();
     var shown = 0;
+    // Count what stays visible per group and per table section, instead of querying the DOM again.
+    var groupShown = new Map(), bodyShown = new Map();
     results.forEach(function (el) {
       var visible = on[el.getAttribute("data-status")] === true && matches(el, query);
-      el.hidden = !visible;
-      if (visible) { shown += 1; }
+      if (el.hidden === visible) { el.hidden = !visible; }
+      if (visible) {
+        shown += 1;
+        groupShown.set(el.parentElement, true);
+      }
     });
     rows.forEach(function (row) {
       var statuses = row.getAttribute("data-statuses").split(" ");
       var any = statuses.some(function (s) { return on[s] === true; });
-      row.hidden = !(any && matches(row, query));
+      var visible = any && matches(row, query);
+      if (row.hidden === visible) { row.hidden = !visible; }
+      if (visible) { bodyShown.set(row.parentElement, true); }
     });
-    bodies.forEach(function (body) {
-      body.hidden = body.querySelectorAll("tr.case-row:not([hidden])").length === 0;
-    });
-    groups.forEach(function (group) {
-      group.hidden = group.querySelectorAll("details.result:not([hidden])").length === 0;
-    });
+    bodies.forEach(function (body) { body.hidden = !bodyShown.has(body); });
+    groups.forEach(function (group) { group.hidden = !groupShown.has(group); });
     showing.textContent = shown === data.total ? "Showing all " + data.total + " results"
       : "Showing " + shown + " of " + data.total + " results";
   }

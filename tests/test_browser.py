@@ -185,3 +185,32 @@ def test_hostile_names_do_not_run_script(browser, tmp_path):
     view.page.click("#fold-all")
     assert view.page.locator("details.result .name").inner_text() == reportdata.HOSTILE
     view.close()
+
+
+def test_a_thousand_results_open_and_filter(browser, tmp_path):
+    """The 1,000-result report opens and filters in the browser (timings printed, not asserted)."""
+    import time
+
+    from gradaudit.htmlreport import write_html
+    from tests.test_htmlreport import big_run
+
+    run = big_run()
+    page_path = tmp_path / "index.html"
+    with page_path.open("w", encoding="utf-8") as stream:
+        write_html(run, stream)
+    start = time.perf_counter()
+    view = Page(browser, page_path, viewport={"width": 1280, "height": 800})
+    opened = time.perf_counter() - start
+    page = view.page
+    start = time.perf_counter()
+    page.click("#problems-only")
+    shown = page.evaluate("document.querySelectorAll('details.result:not([hidden])').length")
+    filtered = time.perf_counter() - start
+    start = time.perf_counter()
+    page.click("#fold-all")
+    folded = time.perf_counter() - start
+    print(f"1000 results, {page_path.stat().st_size / 1e6:.1f} MB: opened in {opened:.2f} s, "
+          f"filtered in {filtered:.2f} s, unfolded in {folded:.2f} s")
+    assert shown == sum(r.is_bad for r in run.results)
+    assert page.evaluate("[...document.querySelectorAll('details.result:not([hidden])')].every(d => d.open)")
+    view.close()

@@ -341,3 +341,20 @@ def test_a_line_two_findings_share_is_shown_once():
     findings = tree.find_all("li", cls="finding")
     assert len(findings[0].find_all("pre", cls="src")) == 1
     assert not findings[1].find_all("pre") and "(the line shown above)" in findings[1].find("p", cls="where").text
+
+
+@pytest.mark.parametrize(("results", "word"), [
+    ([reportdata.passing("a")], "Passed"),
+    ([reportdata.passing("a"), reportdata.warning()], "Passed with warnings"),
+    ([reportdata.ratio_fail(expected=True)], "Passed"),
+    ([reportdata.passing("a"), reportdata.erroring()], "Failed"),
+])
+def test_verdict_word(results, word):
+    tree = parse(render_html(reportdata.sample_run(results)))
+    assert tree.find("h1").text.split(" ", 1)[1] == word
+
+
+def test_an_interrupted_run_says_so():
+    run = reportdata.sample_run([reportdata.passing("a")])
+    run.interrupted = True
+    assert "Interrupted" in parse(render_html(run)).find("h1").text
