@@ -367,7 +367,7 @@ class WorkerPool:
         describe = self.environment is None and not any(w.describes for w in self.workers)
         process = self.mp.Process(target=_worker_main, args=(child, self.setup, log_path, describe),
                                   name=f"gradaudit-worker-{self._serial}", daemon=True)
-        with _main_without_phantom_file():
+        with _without_main_script():
             process.start()
         child.close()
         self.workers.append(_Worker(process, parent, log_path, describes=describe))
@@ -491,22 +491,26 @@ class WorkerPool:
 
 
 @contextlib.contextmanager
-def _main_without_phantom_file() -> Iterator[None]:
-    """Start a process without asking it to re-run a main script that is no file (stdin, a REPL).
+def _without_main_script() -> Iterator[None]:
+    """Start processes without asking them to re-run this process's main script or module.
 
-    multiprocessing re-runs the parent's main script in each child; our workers need nothing from
-    it, and a main read from stdin has no file to re-run, so the child would die at start.
+    multiprocessing re-runs the parent's `__main__` in each child so that functions defined there
+    can be unpickled. Workers need nothing from it (their target and arguments live in gradaudit),
+    and re-running it costs each worker the imports of the command line, runs a script that lacks an
+    `if __name__ == "__main__"` guard once more, and fails outright for a main read from stdin.
     """
     main = sys.modules.get("__main__")
-    path = getattr(main, "__file__", None)
-    if path is None or os.path.isfile(path):
+    if main is None:
         yield
         return
-    del main.__file__
+    saved = {key: main.__dict__[key] for key in ("__file__", "__spec__") if key in main.__dict__}
+    main.__dict__.pop("__file__", None)
+    main.__spec__ = None
     try:
         yield
     finally:
-        main.__file__ = path
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
 
 
 def _size(path: str) -> int:

@@ -223,3 +223,37 @@ def test_a_worker_whose_device_context_is_poisoned_is_replaced(audit_config):
     with installed(DeviceLayer()):
         _, doc = audit_config(config, "--no-isolate", exit_code=1)
     assert by_case(doc)["b_good"]["status"] == "error"
+
+
+@pytest.mark.parametrize("how", ["file", "stdin"])
+def test_workers_do_not_rerun_the_callers_main_script(tmp_path, how):
+    # A script without an `if __name__ == "__main__":` guard, run as a file or read from stdin.
+    config = tmp_path / "c.yaml"
+    config.write_text(textwrap.dedent(f"""
+        version: 1
+        sys_path: [{LOSSES}]
+        defaults: {{devices: [cpu]}}
+        cases:
+          - {{name: a, loss: "faults:good", inputs: {{x: {{shape: [4]}}}}}}
+          - {{name: b, loss: "faults:good", inputs: {{x: {{shape: [4]}}}}}}
+        """))
+    marks = tmp_path / "marks.txt"
+    script = textwrap.dedent(f"""
+        from gradaudit.config import load_config
+        from gradaudit.runner import RunOptions, run
+        with open({str(marks)!r}, "a") as f:
+            f.write("ran\\n")
+        results = run(load_config({str(config)!r}), RunOptions(isolate=True, jobs=2))
+        print(results.summary.line())
+        """)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if how == "file":
+        path = tmp_path / "script.py"
+        path.write_text(script)
+        proc = subprocess.run([sys.executable, str(path)], capture_output=True, text=True, env=env, timeout=120)
+    else:
+        proc = subprocess.run([sys.executable, "-"], input=script, capture_output=True, text=True, env=env,
+                              timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "2 results: 2 pass" in proc.stdout
+    assert marks.read_text() == "ran\n"
