@@ -199,6 +199,7 @@ def _user_frames() -> list[tuple[str, int, str]] | None:
 
 
 _KINDS: dict[Any, tuple[str, str]] = {}
+_FOLLOWS = object()  # a `.to(...)` whose device comes from a tensor
 
 
 def _classify(func: Any) -> str:
@@ -291,7 +292,7 @@ class Tracer:
     # -- records ----------------------------------------------------------------------------
     def record(self, kind: str, op: str, frames: list[tuple[str, int, str]], **extra: Any) -> Record:
         """The record of this kind at this line of user code (one per line: the op most to blame)."""
-        key = (kind, frames[-1][0], frames[-1][1])
+        key = (kind, frames[-1][0], frames[-1][1], op if kind == "factory" else "")
         rec = self.by_key.get(key)
         if rec is None:
             rec = Record(id=len(self.records), kind=kind, op=op, frames=frames, **extra)
@@ -331,6 +332,9 @@ class Tracer:
         finally:
             self.current = previous
         if tensors or factory is not None or kind in ("data", "escape"):
+            if kind == "move" and name == "to" and any(
+                    isinstance(a, (torch.device, torch.Tensor)) for a in (*args[1:], kwargs.get("device"))):
+                factory = _FOLLOWS  # moved to a device taken from a tensor: portable again
             self._after(func, name, kind, tensors, out, target, before, factory)
         return out
 
@@ -356,6 +360,8 @@ class Tracer:
             breaks_in = _union([t.breaks for t in tags])
             fixed_in = _union([t.fixed for t in tags])
             derived = any(t.derived for t in tags)
+        if factory is _FOLLOWS:
+            factory, fixed_in = None, _EMPTY
         if fixed_in and any(t.derived and not t.fixed for t in tags):
             for rid in fixed_in:
                 self.records[rid].met = True
@@ -389,7 +395,9 @@ class Tracer:
             fixed = fixed_in
             if factory is not None and o.dim() > 0:
                 fixed = fixed | {factory.id}
-            if len(tags) == 1 and grad_out is grad_in and brk is breaks_in and fixed is fixed_in:
+            first = tags[0] if len(tags) == 1 else None
+            if (first is not None and grad_out is first.grad and brk is first.breaks and fixed is first.fixed
+                    and derived == first.derived):
                 o.__dict__["_gradaudit_tag"] = tags[0]  # nothing changed: share the input's tag
             else:
                 self.set_tag(o, Tag(self.token, grad=grad_out, derived=derived, breaks=brk, fixed=fixed))

@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from tests.conftest import LOSSES, check_contract
@@ -90,12 +91,15 @@ TWINS = {f"{name.rstrip('_')}_twin": (_twin(loss), inputs, extra)
          for name, (loss, inputs, _, _, extra) in BUGS.items()}
 TWINS["no_grad_normalise_twin"] = ("cause_graph_break:no_grad_target_twin", XY, "expect: {no_grad: [y]}")
 TWINS["custom_function_twin"] = ("cause_graph_break:custom_function_twin", XY, "")
+# Not in BUGS: on a CPU-only machine it fails in forward (see its own test); its twin must pass anywhere.
+EXTRA_BUGS = {"hardcoded_cuda": ("cause_portability:hardcoded_cuda", XT, "")}
+TWINS["hardcoded_cuda_twin"] = ("cause_portability:hardcoded_cuda_twin", XT, "")
 
 
 def _config() -> str:
     lines = ["version: 1", f"sys_path: [{LOSSES}]", "defaults: {devices: [cpu], dims: {B: 8, C: 4}}",
              "cases:"]
-    cases = {**{n: (b[0], b[1], b[4]) for n, b in BUGS.items()}, **TWINS}
+    cases = {**{n: (b[0], b[1], b[4]) for n, b in BUGS.items()}, **EXTRA_BUGS, **TWINS}
     for name, (loss, inputs, extra) in cases.items():
         lines += [f"  - name: {name}", f"    loss: {loss}", "    inputs:", f"      {inputs}"]
         if extra:
@@ -211,3 +215,12 @@ def test_a_conflict_is_not_also_an_info(corpus):
 def test_the_mask_beside_the_detach_is_not_blamed(corpus):
     breaks = [f for f in corpus["detach_beside_mask"]["findings"] if f["id"] == "graph-break"]
     assert [(f["severity"], f["detail"]["kind"]) for f in breaks] == [("fail", "detach"), ("info", "compare")]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a CPU-only machine")
+def test_cuda_call_on_a_cpu_machine_is_an_error_and_a_portability_warning(corpus):
+    r = corpus["hardcoded_cuda"]
+    assert [f["id"] for f in r["findings"]] == ["loss-error", "device-portability"]
+    line = marker_line("cause_portability", "CULPRIT", "hardcoded_cuda")
+    assert [f["location"]["line"] for f in r["findings"]] == [line, line]
+    assert r["findings"][1]["detail"] == {"op": "Tensor.cuda", "device": "cuda"}
