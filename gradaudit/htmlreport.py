@@ -317,12 +317,29 @@ def result_view(result: CaseResult, anchor: str, open_: bool) -> ResultView:
              ("time", _duration(result.duration_s))]
     findings = sorted(result.findings, key=lambda f: -f.rank)
     shown: set[str] = set()
+    if result.gradcheck:
+        facts.append(("gradcheck", gradcheck_text(result.gradcheck)))
     return ResultView(
         result=result, anchor=anchor, badge=Badge.of(result.status, result.expected),
         baseline=BASELINE_LABELS.get(result.baseline or "", ""), open=open_,
         findings=[finding_view(f, shown) for f in findings], inputs=input_views(result), loss=loss,
         facts=[(k, v) for k, v in facts if v], search=f"{result.case} {result.loss_ref}".lower(),
         summary=message_parts(result.summary_line))
+
+
+def gradcheck_text(info: dict[str, Any]) -> str:
+    """What the numerical gradient check did, in a few words."""
+    if info.get("skipped"):
+        return f"skipped: {info['skipped']}"
+    text = {True: "passed", False: "failed"}.get(info.get("passed"), "ran")
+    if info.get("elements"):
+        text += f" on {info['elements']} float64 elements"
+    dims = info.get("dims") or {}
+    if dims:
+        text += " (" + ", ".join(f"{k}={v}" for k, v in dims.items()) + ")"
+    if info.get("draws"):
+        text += f", {info['draws']} draw{'s' if info['draws'] != 1 else ''}"
+    return text
 
 
 def counts_text(results: list[CaseResult]) -> str:

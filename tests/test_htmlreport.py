@@ -358,3 +358,15 @@ def test_an_interrupted_run_says_so():
     run = reportdata.sample_run([reportdata.passing("a")])
     run.interrupted = True
     assert "Interrupted" in parse(render_html(run)).find("h1").text
+
+
+@pytest.mark.parametrize(("info", "text"), [
+    ({"dims": {"B": 2}, "elements": 8, "budget": 64, "draws": 1, "passed": True},
+     "passed on 8 float64 elements (B=2), 1 draw"),
+    ({"skipped": "mps has no float64"}, "skipped: mps has no float64"),
+])
+def test_gradcheck_facts(info, text):
+    result = reportdata.passing("a")
+    result.gradcheck = info
+    facts = parse(render_html(reportdata.sample_run([result]))).find("p", cls="facts-line").find_all("span")
+    assert f"gradcheck {text}" in [f.text for f in facts]

@@ -43,3 +43,26 @@ def test_the_same_result_in_two_files_is_an_error(tmp_path, cli_invoke):
     result = cli_invoke(["report", path, path, "-o", tmp_path / "m"], exit_code=2)
     assert f"{path}: a [cpu] is also in {path}" in result.output
     assert not (tmp_path / "m").exists()
+
+
+def test_report_renders_every_format_without_importing_torch(tmp_path):
+    """`gradaudit report` works from the plain results: no torch needed to re-render."""
+    import subprocess
+    import sys
+
+    from gradaudit.jsonreport import write_json
+    from tests import reportdata
+    from tests.conftest import REPO
+
+    results = tmp_path / "results.json"
+    with results.open("w", encoding="utf-8") as stream:
+        write_json(reportdata.sample_run(), stream)
+    out = tmp_path / "out"
+    code = ("import sys; from typer.testing import CliRunner; from gradaudit.cli import app; "
+            "r = CliRunner().invoke(app, sys.argv[1:]); print(r.output); "
+            "assert r.exit_code == 0, r.exit_code; assert 'torch' not in sys.modules, 'torch was imported'")
+    proc = subprocess.run([sys.executable, "-c", code, "report", str(results), "--baseline", str(results),
+                           "-o", str(out), "--junit", str(out / "j.xml"), "--markdown", str(out / "s.md")],
+                          cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "j.xml", "results.json", "s.md"]
