@@ -38,6 +38,7 @@ GRAD_CLASS = {"ok": "pass", "none": "fail", "zero": "fail", "partial": "fail", "
 # Open the failing results at load when there are few; a big nightly report starts folded.
 OPEN_LIMIT = 10
 MAP_PIXELS = 240
+MAP_CELLS = 64  # the audit folds maps to at most this many cells a side
 
 
 def template_dir() -> Path:
@@ -270,6 +271,21 @@ def grad_map(cells: list[list[Any]], caption: str) -> GradMap | None:
                    grid, caption)
 
 
+def as_2d(shape: list[int]) -> tuple[int, int]:
+    """A shape as the audit folds it to 2-D: (all leading dims, the last dim); 1-D is one row."""
+    if not shape:
+        return 1, 1
+    return (math.prod(shape[:-1]) if len(shape) > 1 else 1), shape[-1]
+
+
+def dead_map(shape: list[int]) -> list[list[float]]:
+    """An all-dead map of a tensor's shape, folded like the audit's maps (<= 64 cells a side)."""
+    rows, cols = as_2d(shape)
+    if rows <= 0 or cols <= 0:
+        return []
+    return [[0.0] * min(cols, MAP_CELLS) for _ in range(min(rows, MAP_CELLS))]
+
+
 def _shape(shape: list[int]) -> str:
     return "[" + ", ".join(str(s) for s in shape) + "]"
 
@@ -284,15 +300,18 @@ def input_views(result: CaseResult) -> list[InputView]:
         finite = isinstance(norm, (int, float)) and math.isfinite(norm)
         pct = round(100.0 * norm / top, 1) if finite and top > 0 else 0.0
         picture = None
-        if item.grad_map and item.grad not in ("ok", "not-required"):
-            rows, cols = len(item.grad_map), max(len(r) for r in item.grad_map)
-            folded = list(item.shape) != [rows, cols] and not (len(item.shape) == 1 and rows == 1)
+        cells = item.grad_map
+        if not cells and item.grad == "none":
+            cells = dead_map(item.shape)  # no element got a gradient: the shape alone draws it
+        if cells and item.grad not in ("ok", "not-required"):
+            rows, cols = len(cells), max(len(r) for r in cells)
+            folded = len(item.shape) > 2 or as_2d(item.shape) != (rows, cols)
             caption = (f"{item.name} {_shape(item.shape)}"
                        + (f", folded to {rows}×{cols} cells" if folded else "")
                        + ": light cells get a gradient, hatched dark cells never do"
-                       + (", dotted cells partly" if any(_cell_class(v) == "partial" for r in item.grad_map
+                       + (", dotted cells partly" if any(_cell_class(v) == "partial" for r in cells
                                                         for v in r) else ""))
-            picture = grad_map(item.grad_map, caption)
+            picture = grad_map(cells, caption)
         zero = item.zero_fraction
         grad = item.grad
         if grad == "ok" and not result.draws:

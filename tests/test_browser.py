@@ -214,3 +214,12 @@ def test_a_thousand_results_open_and_filter(browser, tmp_path):
     assert shown == sum(r.is_bad for r in run.results)
     assert page.evaluate("[...document.querySelectorAll('details.result:not([hidden])')].every(d => d.open)")
     view.close()
+
+
+def test_a_missing_browser_fails_under_ci_and_skips_elsewhere(monkeypatch):
+    monkeypatch.setenv("CI", "true")
+    with pytest.raises(pytest.fail.Exception, match="CI=true"):
+        _missing("chromium")
+    monkeypatch.delenv("CI")
+    with pytest.raises(pytest.skip.Exception):
+        _missing("chromium")

@@ -370,3 +370,17 @@ def test_gradcheck_facts(info, text):
     result.gradcheck = info
     facts = parse(render_html(reportdata.sample_run([result]))).find("p", cls="facts-line").find_all("span")
     assert f"gradcheck {text}" in [f.text for f in facts]
+
+
+def test_a_disconnected_input_gets_an_all_dark_map_from_its_shape():
+    result = reportdata.ratio_fail()
+    result.inputs = [InputResult("w", [3, 5], "float32", True, "none"),
+                     InputResult("v", [200], "float32", True, "none"),
+                     InputResult("ok", [3], "float32", True, "ok", 0.0, 0, 1.0)]
+    figures = parse(render_html(reportdata.sample_run([result]))).find_all("figure", cls="map")
+    assert len(figures) == 2
+    w, v = (f.find("svg", cls="gmap") for f in figures)
+    assert w.attrs["viewbox"] == "0 0 5 3" and w.find("path", cls="dead").attrs["d"] == "M0 0.5h5M0 1.5h5M0 2.5h5"
+    assert v.attrs["viewbox"] == "0 0 64 1"
+    assert figures[0].find("figcaption").text.startswith("w [3, 5]: light")
+    assert figures[1].find("figcaption").text.startswith("v [200], folded to 1×64 cells")
