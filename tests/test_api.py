@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import subprocess
 import sys
+from html import unescape
 from pathlib import Path
 
 import pytest
@@ -118,14 +120,22 @@ def test_raise_for_findings_is_silent_when_ok_and_fail_on_warn():
         not_scalar.raise_for_findings(fail_on="warn")
 
 
-def test_repr_html_is_an_escaped_card():
+def test_repr_html_is_the_report_page_in_a_frame():
+    from gradaudit.htmlreport import render_html
+
     def shouts(x):
         raise ValueError("<script>alert(1)</script>")
 
-    html = audit(shouts, inputs={"x": Spec(shape=(2,))}, devices=["cpu"])._repr_html_()
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-    assert "<script>" not in html
-    assert "loss-error" in html and "FAIL" in html
+    result = audit(shouts, inputs={"x": Spec(shape=(2,))}, devices=["cpu"])
+    html = result._repr_html_()
+    srcdoc = re.search(r'srcdoc="([^"]*)"', html)
+    assert html.startswith("<iframe ") and html.endswith("</iframe>") and srcdoc
+    # Everything but the frame itself is inside the attribute, escaped: the page is the report's.
+    assert html.count("<") == 2 and "<script" not in html
+    assert unescape(srcdoc.group(1)) == render_html(result)
+    page = unescape(srcdoc.group(1))
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "<script>alert" not in page
+    assert 'class="result rs-fail"' in page and "loss-error" in page
 
 
 def test_argument_errors_read_like_config_errors(write_config):
