@@ -5,9 +5,10 @@ One `TorchFunctionMode` sees every Python-level torch call the loss makes (metho
 pass. Each tensor it sees carries a small tag: which audited leaves its gradient path still reaches,
 whether its values derive from an input, which recorded breaks its values passed through, and
 which fixed-device factories it came from. An op whose output lost a leaf that its inputs reached
-is a graph break, located at the user's line. Saved-tensor hooks pack each saved tensor with its
-version and check it on unpack (a pack hook that just returned the tensor would silence torch's own
-version check), so an in-place conflict names both the saving op and the in-place op.
+is a graph break, located at the user's line. When backward hits torch's version error, the draw
+is re-run with saved-tensor hooks that pack each saved tensor with its version and check it on
+unpack (a pack hook that just returned the tensor would silence torch's own version check), so the
+conflict names both the saving op and the in-place op.
 
 `TraceObserver.explain` turns the records into findings after the verdicts are known.
 """
@@ -280,6 +281,20 @@ class Tracer:
     def set_tag(self, t: torch.Tensor, tag: Tag) -> None:
         t.__dict__["_gradaudit_tag"] = tag
 
+    @contextlib.contextmanager
+    def tracing(self, inputs: dict[str, torch.Tensor], versions: bool = False):
+        """Trace a draw on `inputs`; with `versions`, also check saved tensors' versions.
+
+        The version hooks are for the re-run of a draw whose backward hit torch's version error:
+        the normal path leaves saved tensors to torch, whose own check then stands.
+        """
+        self.start_draw(inputs)
+        with contextlib.ExitStack() as stack:
+            if versions:
+                stack.enter_context(torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack))
+            stack.enter_context(_Mode(self))
+            yield self
+
     def start_draw(self, inputs: dict[str, torch.Tensor]) -> None:
         self.token = object()
         self.escaped = _EMPTY
@@ -535,12 +550,8 @@ class TraceObserver:
         self.tracing = draw < self.traced_draws
         return self._traced(inputs) if self.tracing else contextlib.nullcontext()
 
-    @contextlib.contextmanager
     def _traced(self, inputs: dict[str, torch.Tensor]):
-        tracer = self.tracer
-        tracer.start_draw(inputs)
-        with torch.autograd.graph.saved_tensors_hooks(tracer.pack, tracer.unpack), _Mode(tracer):
-            yield tracer
+        return self.tracer.tracing(inputs, versions=False)
 
     def loss_returned(self, loss: Any) -> None:
         """Note which breaks the loss's values passed through (Python values: every escape)."""
@@ -697,8 +708,15 @@ class Explainer:
     # -- in-place ---------------------------------------------------------------------------
     def inplace(self) -> None:
         audit, tracer = self.audit, self.tracer
-        conflict = tracer.conflicts[0] if tracer.conflicts else None
         finding = next((f for f in audit.findings if f.id == "inplace-version-conflict"), None)
+        conflict = tracer.conflicts[0] if tracer.conflicts else None
+        if finding is not None and conflict is None:
+            conflict = self.conflict_rerun()
+            mod = conflict.modified_by if conflict else None
+            if mod is not None:  # the same line in this trace caused it: no "harmless" info for it
+                same = tracer.by_key.get(("inplace", mod.frames[-1][0], mod.frames[-1][1], ""))
+                if same is not None:
+                    same.conflict = True
         if finding is not None and conflict is not None:
             saved_loc = finding.location  # anomaly mode's trace of the node that saved it
             mod = conflict.modified_by
@@ -730,6 +748,27 @@ class Explainer:
                     message=f"{code}{f' at {loc.where}' if loc else ''} changes a tensor of the graph in "
                             "place; no saved tensor depended on it, so backward is correct",
                     detail={"op": rec.op, "calls": rec.calls}))
+
+    def conflict_rerun(self) -> Conflict | None:
+        """Re-run draw 0 with version-checking saved-tensor hooks to name both ends of a conflict."""
+        audit = self.audit
+        inputs = audit._inputs(0)
+        if inputs is None:
+            return None
+        leaves = [v for v in inputs.values() if v.requires_grad] + list(audit.params.values())
+        call = getattr(audit, "_call", None) or (lambda i: audit.fn(*i.values(), **audit.spec.kwargs))
+        tracer = Tracer()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                with tracer.tracing(inputs, versions=True):
+                    loss = call(inputs)
+                    if isinstance(loss, torch.Tensor) and loss.requires_grad and leaves:
+                        loss = loss.sum() if loss.dim() else loss
+                        torch.autograd.grad(loss, leaves, allow_unused=True)
+            except Exception:  # noqa: BLE001 - the conflict raising is the point
+                pass
+        return tracer.conflicts[0] if tracer.conflicts else None
 
     # -- device portability -----------------------------------------------------------------
     def portability(self) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from gradaudit.tracing import TRACED_DRAWS, TraceObserver
+from gradaudit.tracing import TRACED_DRAWS, TraceObserver, Tracer
 
 
 def _sigmoid_then_mul_(x):
@@ -29,11 +29,11 @@ def test_a_pack_hook_that_returns_the_tensor_silences_torchs_check():
 
 def test_the_tracer_hooks_keep_the_version_check_and_name_the_mutation():
     x = torch.randn(5, requires_grad=True)
-    observer = TraceObserver()
+    tracer = Tracer()
     with pytest.raises(RuntimeError, match=r"modified by an inplace operation.*version 1; expected version 0"):
-        with observer.draw_context(0, {"x": x}):
+        with tracer.tracing({"x": x}, versions=True):
             _sigmoid_then_mul_(x).backward()
-    [conflict] = observer.tracer.conflicts
+    [conflict] = tracer.conflicts
     assert conflict.saved_by == "sigmoid"
     assert (conflict.version_saved, conflict.version_now) == (0, 1)
     assert conflict.modified_by is not None and conflict.modified_by.op == "Tensor.mul_"
@@ -64,3 +64,12 @@ def test_an_explanation_that_fails_keeps_the_verdicts():
     audit = Broken()
     TraceObserver().explain(audit)
     assert audit.result.warnings == ["gradaudit could not trace this case: ValueError: boom"]
+
+
+def test_the_normal_path_leaves_the_version_check_to_torch():
+    """No saved-tensor hooks in a normal draw: torch's own message, naming the node, comes through."""
+    x = torch.randn(5, requires_grad=True)
+    observer = TraceObserver()
+    with pytest.raises(RuntimeError, match=r"which is output 0 of Sigmoid"):
+        with observer.draw_context(0, {"x": x}):
+            _sigmoid_then_mul_(x).backward()
