@@ -11,6 +11,7 @@ NEW_CASE = "new-case"
 MARKS = (NEW_FAILURE, STILL_FAILING, FIXED, NEW_CASE)
 # How each mark reads in reports.
 LABELS = {NEW_FAILURE: "new failure", STILL_FAILING: "still failing", FIXED: "fixed", NEW_CASE: "new case"}
+PLURALS = {NEW_FAILURE: "new failures", STILL_FAILING: "still failing", FIXED: "fixed", NEW_CASE: "new cases"}
 
 
 def failing(result: CaseResult) -> bool:
@@ -53,7 +54,7 @@ def describe(results: RunResults) -> str:
     if not results.baseline:
         return ""
     counts = results.baseline.get("counts") or {}
-    parts = [f"{counts[m]} {LABELS[m]}" for m in MARKS if counts.get(m)]
+    parts = [f"{counts[m]} {(LABELS if counts[m] == 1 else PLURALS)[m]}" for m in MARKS if counts.get(m)]
     gone = results.baseline.get("gone") or []
     if gone:
         parts.append(f"{len(gone)} gone")

@@ -23,7 +23,14 @@ _SPECIAL = re.compile(r"([\\`*_\[\]<|~&])")
 
 def escape(text: str) -> str:
     """Markdown-escape user text for a table cell or a line: one line, specials backslashed."""
-    return _SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+    return _SPECIAL.sub(r"\\\1", re.sub(r"\s+", " ", str(text)))
+
+
+def inline(text: str) -> str:
+    """User text with its `backticked` pieces as code spans and the rest escaped."""
+    from gradaudit.htmlreport import message_parts
+
+    return "".join(code_span(piece) if is_code else escape(piece) for piece, is_code in message_parts(text))
 
 
 def code_span(text: str) -> str:
@@ -92,7 +99,7 @@ def write_markdown(results: RunResults, stream: IO[str]) -> None:
                 "|---|---|---|" + ("---|" if marks else "") + "---|"]
         for r in problems[:MAX_ROWS]:
             mark = f" {LABELS.get(r.baseline or '', '')} |" if marks else ""
-            out.append(f"| {code_span(r.case)} | {escape(r.device)} | {_status(r)} |{mark} {escape(r.summary_line)} |")
+            out.append(f"| {code_span(r.case)} | {escape(r.device)} | {_status(r)} |{mark} {inline(r.summary_line)} |")
         if len(problems) > MAX_ROWS:
             out.append(f"\n… and {len(problems) - MAX_ROWS} more in the HTML report.")
         out.append("")

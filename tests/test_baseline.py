@@ -146,3 +146,11 @@ def test_a_baseline_that_is_not_a_results_file_is_a_clear_error(tmp_path, cli_in
     missing = cli_invoke(["report", bogus, "--baseline", tmp_path / "missing.json", "-o", tmp_path / "r"],
                          exit_code=2)
     assert "error:" in missing.output and "Traceback" not in missing.output
+
+
+def test_describe_counts_in_plural():
+    old = reportdata.sample_run([reportdata.passing("a"), reportdata.passing("b")])
+    new = reportdata.sample_run([reportdata.ratio_fail(case="a"), reportdata.ratio_fail(case="b"),
+                                 reportdata.passing("c"), reportdata.passing("d")])
+    apply_baseline(new, old, "old.json")
+    assert describe(new).endswith(": 2 new failures, 2 new cases")

@@ -108,3 +108,11 @@ def test_escape_and_code_span():
     assert escape("a|b *c* <d> [e]") == "a\\|b \\*c\\* \\<d> \\[e\\]"
     assert code_span("x`y") == "``x`y``"
     assert code_span("`x") == "`` `x ``"
+
+
+def test_backticked_code_becomes_code_spans():
+    r = reportdata.ratio_fail(summary_line="`b = x.detach()` at r.py:7 cuts `x|y` off")
+    text = render(reportdata.sample_run([r]))
+    (row,) = table_rows(text, "| case |")
+    assert row[3] == "`b = x.detach()` at r.py:7 cuts `x\\|y` off"
+    assert "<code>b = x.detach()</code> at r.py:7 cuts <code>x|y</code> off" in commonmark(text)
