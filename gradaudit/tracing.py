@@ -848,8 +848,9 @@ class Explainer:
         if inputs is None:
             return None, []
         leaves = [v for v in inputs.values() if v.requires_grad] + list(audit.params.values())
+        call = getattr(audit, "_call", None) or (lambda i: audit.fn(*i.values(), **audit.spec.kwargs))
         with mode if mode is not None else contextlib.nullcontext():
-            loss = audit.fn(*inputs.values(), **audit.spec.kwargs)
+            loss = call(inputs)  # as the draw ran it (under autocast where the case asks)
         return loss, leaves
 
     def nonfinite_origin(self, findings: list[Finding]) -> None:
