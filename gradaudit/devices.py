@@ -168,5 +168,8 @@ def device_names() -> dict[str, str]:
     names = {"cpu": "cpu"}
     if torch.cuda.is_available():
         for i in range(torch.cuda.device_count()):
-            names[f"cuda:{i}"] = torch.cuda.get_device_name(i)
+            try:
+                names[f"cuda:{i}"] = torch.cuda.get_device_name(i)
+            except Exception:  # noqa: BLE001 - a context a case poisoned must not lose the run
+                names[f"cuda:{i}"] = "cuda (name unavailable)"
     return names
