@@ -142,3 +142,26 @@ cases:
     # In one process the context is gone: the next case says so instead of failing mysteriously.
     assert cuda["b_after"]["status"] == "error"
     assert cuda["b_after"]["error"]["type"] == "DeviceContextPoisoned"
+
+
+def test_with_workers_a_fresh_worker_audits_the_case_after_a_device_assert(write_config, tmp_path):
+    path = write_config(f"""\
+version: 1
+sys_path: [{LOSSES}]
+defaults: {{dims: {{B: 8, C: 4}}}}
+cases:
+  - name: a_bad_target
+    loss: cuda_faults:cross_entropy
+    inputs:
+      logits: {{shape: [B, C]}}
+      target: {{shape: [B], init: randint, low: 10, high: 20}}
+  - name: b_after
+    loss: cuda_faults:matmul_loss
+    inputs: {{a: {{shape: [B, C]}}, b: {{shape: [C, 2]}}}}
+""", name="workers.yaml")
+    out = tmp_path / "workers"
+    proc = run_gradaudit("run", path, "-o", out, "--device", "cuda", "--jobs", "1", timeout=240)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    cuda = by_case(json.loads((out / "results.json").read_text()), "cuda")
+    assert "device-side assert" in cuda["a_bad_target"]["findings"][0]["message"]
+    assert cuda["b_after"]["status"] == "pass", cuda["b_after"]

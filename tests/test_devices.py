@@ -24,7 +24,7 @@ def run_with(layer: DeviceLayer, write_config, cases: str, devices_: tuple[str, 
     path = write_config(f"version: 1\nsys_path: [{LOSSES}]\ndefaults: {{dims: {{B: 4, C: 3}}}}\n"
                         + textwrap.dedent(cases))
     with installed(layer):
-        results = run(load_config(path), RunOptions(devices=list(devices_)))
+        results = run(load_config(path), RunOptions(devices=list(devices_), isolate=False))
     return {(r.case, r.device): r for r in results.results}
 
 
