@@ -93,6 +93,15 @@ def finding_ids(result: dict) -> list[str]:
     return [f["id"] for f in result["findings"]]
 
 
+@pytest.fixture(autouse=True)
+def _fresh_device_layer():
+    """Forget the device layer after each test: a context poisoned in-process must not leak."""
+    yield
+    devices = sys.modules.get("gradaudit.devices")  # never import torch just for this
+    if devices is not None:
+        devices._LAYER = None
+
+
 def pytest_collection_modifyitems(config, items):
     """Skip the tests marked `cuda` where torch sees no CUDA device (say so in the skip reason)."""
     cuda_items = [item for item in items if item.get_closest_marker("cuda")]
