@@ -86,10 +86,15 @@ class _Track:
             self.none_draws += 1
             return
         g = grad.detach()
-        finite = torch.isfinite(g)
-        self.nonfinite = max(self.nonfinite, int((~finite).sum()))
-        self.alive_counts += (g != 0).cpu().to(torch.int32)
-        self.norms.append(float(torch.linalg.vector_norm(torch.where(finite, g, 0).double())))
+        # One pass each for the common, all-finite case; the masked passes only when needed.
+        if bool(torch.isfinite(g).all()):
+            norm = torch.linalg.vector_norm(g, dtype=torch.float64)
+        else:
+            finite = torch.isfinite(g)
+            self.nonfinite = max(self.nonfinite, int((~finite).sum()))
+            norm = torch.linalg.vector_norm(torch.where(finite, g, 0), dtype=torch.float64)
+        self.alive_counts += (g != 0).cpu()
+        self.norms.append(float(norm))
 
     @property
     def ever_nonzero(self) -> torch.Tensor | None:
@@ -131,7 +136,8 @@ class _Track:
         return "partial"
 
     def to_result(self, draws: int) -> InputResult:
-        verdict = self.verdict(draws)
+        # No draw reached a gradient (backward raised in the first one): nothing got one.
+        verdict = self.verdict(draws) if draws else ("none" if self.requires_grad else "not-required")
         result = InputResult(name=self.name, shape=self.shape, dtype=self.dtype,
                              requires_grad=self.requires_grad, grad=verdict)
         if self.requires_grad and self.alive_counts is not None:
@@ -690,7 +696,7 @@ class CaseAudit:
                                 "the known bug is fixed, or the audit missed it; update the config"))
                     result.status = "fail"
         if self.draws or result.loss is not None:
-            result.inputs = [t.to_result(max(self.draws, 1)) for t in self.tracks.values()]
+            result.inputs = [t.to_result(self.draws) for t in self.tracks.values()]
         result.summary_line = summary_line(result)
         return result
 

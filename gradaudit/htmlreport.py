@@ -314,8 +314,8 @@ def input_views(result: CaseResult) -> list[InputView]:
             picture = grad_map(cells, caption)
         zero = item.zero_fraction
         grad = item.grad
-        if grad == "ok" and not result.draws:
-            grad = "not measured"  # no draw reached backward: "ok" would claim what nobody saw
+        if grad in ("ok", "none") and not result.draws:
+            grad = "not measured"  # no draw reached backward: a verdict would claim what nobody saw
         views.append(InputView(
             input=item, shape=_shape(item.shape), grad_label=grad, grad_icon=GRAD_ICON.get(grad, "–"),
             grad_class=GRAD_CLASS.get(grad, "skip"),

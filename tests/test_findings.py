@@ -217,3 +217,10 @@ def test_exit_codes(audit_config):
     assert audit_config(good.replace("raises_twin", "raises"))[0] == 1
     expected = good.replace("inputs:", "expect: {status: fail}\n    inputs:").replace("raises_twin", "raises")
     assert audit_config(expected)[0] == 0
+
+
+def test_inputs_of_a_draw_that_never_reached_a_gradient_are_not_called_ok(spine_run):
+    _, results = spine_run
+    r = results["inplace"]
+    assert r["draws"] == 0
+    assert {i["name"]: i["grad"] for i in r["inputs"]} == {"x": "none"}
