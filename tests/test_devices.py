@@ -298,3 +298,32 @@ def test_fake_device_results_pass_the_contract_checker(cli_invoke, write_config,
     check_contract(out / "results.json")
     doc = json.loads((out / "results.json").read_text())
     assert {(r["device"], r["status"]) for r in doc["results"]} == {("cpu", "pass"), ("cuda", "error")}
+
+
+def test_oom_while_copying_inputs_is_an_error_that_says_so(write_config, monkeypatch):
+    import gradaudit.audit as audit_module
+
+    real = audit_module.to_device
+    fake = FakeCuda()
+
+    def to_device(tensors, specs, device):
+        if fake.active is None and device.type == "cpu" and len(tensors) == 2:
+            raise cuda_oom()  # the copy of this case's two inputs does not fit
+        return real(tensors, specs, device)
+
+    monkeypatch.setattr(audit_module, "to_device", to_device)
+    results = run_with(fake, write_config, """
+        cases:
+          - name: big
+            loss: device_faults:plain
+            inputs: {x: {shape: [B, C]}, y: {shape: [B], requires_grad: false}}
+          - name: small
+            loss: device_faults:plain
+            inputs: {x: {shape: [B, C]}}
+    """, devices_=("cuda",))
+    big = results[("big", "cuda")]
+    assert big.status == "error"
+    assert big.error.message.startswith("out of memory on cuda while copying the inputs to it (draw 0); "
+                                        "inputs: x [4, 3] float32 (48 B), y [4] float32 (16 B)")
+    assert fake.freed == 1
+    assert results[("small", "cuda")].status == "pass"
