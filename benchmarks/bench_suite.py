@@ -151,21 +151,16 @@ BARE = textwrap.dedent('''
 
 
 def _children(pid: int) -> list[int]:
-    """Every descendant of `pid` (Linux /proc)."""
-    parents: dict[int, list[int]] = {}
+    """The direct children of `pid` (Linux /proc)."""
+    found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 stat = Path(f"/proc/{entry}/stat").read_text()
             except OSError:
                 continue
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            parents.setdefault(ppid, []).append(int(entry))
-    found, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry))
     return found
 
 
@@ -195,12 +190,11 @@ def run_gradaudit(config: Path, jobs: int, out: Path) -> tuple[float, float]:
     stop = threading.Event()
 
     def sample() -> None:
-        # Workers are the forkserver's children; the forkserver and resource tracker are not workers.
+        # Workers are the children of the forkserver, itself a child of gradaudit.
         while not stop.is_set():
             if os.path.isdir("/proc"):
-                for pid in _children(proc.pid):
-                    if "forkserver" in _cmdline(pid) or "resource_tracker" in _cmdline(pid):
-                        continue
+                servers = [p for p in _children(proc.pid) if "forkserver" in _cmdline(p)]
+                for pid in (w for server in servers for w in _children(server)):
                     peak[pid] = max(peak.get(pid, 0.0), _rss_mb(pid))
             stop.wait(0.1)
 

@@ -358,7 +358,7 @@ class WorkerPool:
             for w in self.workers:
                 if w.ready and not w.leaving and w.job is None and pending:
                     self._send(w, pending.popleft())
-            yield from self._step(pending)
+            yield from self._step()
             missing = min(self.size, len(pending) + sum(1 for w in self.workers if w.job))
             while len([w for w in self.workers if not w.leaving]) < missing:
                 self._start_worker()
@@ -386,7 +386,7 @@ class WorkerPool:
         except (BrokenPipeError, OSError):
             pass  # it died; its sentinel says so in the next step
 
-    def _step(self, pending: deque) -> Iterator[tuple[int, CaseResult]]:
+    def _step(self) -> Iterator[tuple[int, CaseResult]]:
         handles: dict[Any, _Worker] = {}
         for w in self.workers:
             handles[w.conn] = w
@@ -395,13 +395,13 @@ class WorkerPool:
         timeout = max(0.0, min(busy) - time.monotonic()) if busy else None
         ready = wait(list(handles), timeout)
         for w in {id(handles[h]): handles[h] for h in ready}.values():
-            yield from self._service(w, pending)
+            yield from self._service(w)
         now = time.monotonic()
         for w in list(self.workers):
             if w.job and now >= w.deadline:
                 yield self._time_out(w)
 
-    def _service(self, w: _Worker, pending: deque) -> Iterator[tuple[int, CaseResult]]:
+    def _service(self, w: _Worker) -> Iterator[tuple[int, CaseResult]]:
         """Read what a worker sent; if it died, account for its job and replace it."""
         dead = False
         try:
@@ -419,6 +419,13 @@ class WorkerPool:
                     yield index, result
         except (EOFError, OSError):
             dead = True
+        except Exception as exc:  # noqa: BLE001 - a result this process cannot unpickle
+            if w.job is not None:
+                index, job = w.job
+                w.job = None
+                yield index, lost(job.spec, job.device, self.setup.config_display, time.monotonic() - w.started,
+                                  ErrorInfo(type=type(exc).__name__, message=f"cannot read the result: {exc}"),
+                                  status="error")
         if dead or not w.process.is_alive():
             yield from self._reap(w)
 
