@@ -371,7 +371,7 @@ class WorkerPool:
         describe = self.environment is None and not any(w.describes for w in self.workers)
         process = self.mp.Process(target=_worker_main, args=(child, self.setup, log_path, describe),
                                   name=f"gradaudit-worker-{self._serial}", daemon=True)
-        with _without_main_script():
+        with _without_main_script(), _passive_openmp():
             process.start()
         child.close()
         self.workers.append(_Worker(process, parent, log_path, describes=describe))
@@ -522,6 +522,26 @@ def _without_main_script() -> Iterator[None]:
     finally:
         main.__dict__.pop("__spec__", None)
         main.__dict__.update(saved)
+
+
+@contextlib.contextmanager
+def _passive_openmp() -> Iterator[None]:
+    """Start processes whose OpenMP threads sleep rather than spin while they wait for work.
+
+    Workers share the cores with each other and with whatever else the machine runs, and audit
+    small tensors: spinning threads then cost a single worker two to three times its time (measured
+    with benchmarks/bench_suite.py on a busy 2-core machine). A value the user set is kept. The
+    variable is read when torch loads its OpenMP runtime, so it must be in place when the forkserver
+    (or a spawned worker) starts.
+    """
+    if "OMP_WAIT_POLICY" in os.environ:
+        yield
+        return
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        yield
+    finally:
+        os.environ.pop("OMP_WAIT_POLICY", None)
 
 
 def _size(path: str) -> int:

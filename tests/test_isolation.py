@@ -25,7 +25,14 @@ cases:
   - {name: good, loss: "faults:good", inputs: {x: {shape: [4]}}}
   - {name: exits, loss: "faults:exits", inputs: {x: {shape: [4]}}}
   - {name: sys_exit, loss: "faults:calls_sys_exit", inputs: {x: {shape: [4]}}}
+  - {name: oom_killed, loss: "faults:killed", inputs: {x: {shape: [4]}}}
 """
+
+
+def _line_of(code: str) -> int:
+    """The line of tests/losses/faults.py that holds `code`."""
+    lines = (LOSSES / "faults.py").read_text().splitlines()
+    return next(i for i, text in enumerate(lines, 1) if code in text)
 
 
 def test_each_fault_costs_its_own_case_alone(audit_config):
@@ -36,16 +43,19 @@ def test_each_fault_costs_its_own_case_alone(audit_config):
     statuses = {name: r["status"] for name, r in results.items()}
     assert statuses.pop("hog") in ("error", "crash")
     assert statuses == {"segfault": "crash", "aborts": "crash", "spins": "timeout", "raises": "fail",
-                        "good": "pass", "exits": "crash", "sys_exit": "crash"}
+                        "good": "pass", "exits": "crash", "sys_exit": "crash", "oom_killed": "crash"}
     assert finding_ids(results["raises"]) == ["loss-error"]
     # The crash names the signal, and the stack that faulthandler left names the user's line.
     segv = results["segfault"]
     assert segv["error"]["type"] == "SIGSEGV" and "signal 11" in segv["error"]["message"]
-    assert "faults.py" in segv["error"]["traceback"] and "line 11 in segfault" in segv["error"]["traceback"]
-    assert "faults.py:11" in segv["summary_line"]
+    line = _line_of("ctypes.string_at(0)")
+    assert "faults.py" in segv["error"]["traceback"] and f"line {line} in segfault" in segv["error"]["traceback"]
+    assert f"faults.py:{line}" in segv["summary_line"]
     assert results["aborts"]["error"]["type"] == "SIGABRT"
     assert "exited with code 3" in results["exits"]["error"]["message"]
     assert "sys.exit(4)" in results["sys_exit"]["error"]["message"]
+    assert "SIGKILL" in results["oom_killed"]["error"]["message"]
+    assert "out-of-memory killer" in results["oom_killed"]["error"]["message"]
     # The hang was stopped at its own timeout, with the line it was stuck on.
     spins = results["spins"]
     assert 2.0 <= spins["duration_s"] < 10, spins["duration_s"]
@@ -138,7 +148,7 @@ def test_no_isolate_still_writes_what_finished_when_a_crash_ends_the_run(tmp_pat
         """))
     proc = _gradaudit("run", config, "-o", tmp_path / "out", "--no-isolate")
     assert proc.returncode == -signal.SIGSEGV, proc.stderr
-    assert "line 11 in segfault" in proc.stderr  # faulthandler's stack on the terminal
+    assert f"line {_line_of('ctypes.string_at(0)')} in segfault" in proc.stderr  # faulthandler's stack
     path = tmp_path / "out" / "results.json"
     check_contract(path)
     doc = json.loads(path.read_text())
@@ -257,3 +267,13 @@ def test_workers_do_not_rerun_the_callers_main_script(tmp_path, how):
     assert proc.returncode == 0, proc.stderr
     assert "2 results: 2 pass" in proc.stdout
     assert marks.read_text() == "ran\n"
+
+
+def test_workers_openmp_threads_sleep_while_they_wait(audit_config):
+    # Spinning OpenMP threads made a lone worker two to three times slower on a busy machine.
+    _, doc = audit_config("""
+        defaults: {devices: [cpu]}
+        cases:
+          - {name: omp, loss: "faults:needs_passive_openmp", inputs: {x: {shape: [4]}}}
+        """, "--jobs", "1", exit_code=0)
+    assert by_case(doc)["omp"]["status"] == "pass"

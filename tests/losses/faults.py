@@ -2,6 +2,7 @@
 
 import ctypes
 import os
+import signal
 import time
 
 import torch
@@ -68,4 +69,15 @@ def poisons_device(x):
     from gradaudit.devices import current
 
     current().mark_poisoned(x.device.type, "a test loss poisoned the context")
+    return (x ** 2).mean()
+
+
+def killed(x):
+    os.kill(os.getpid(), signal.SIGKILL)  # what the kernel's out-of-memory killer does
+    return x.sum()
+
+
+def needs_passive_openmp(x):
+    if os.environ.get("OMP_WAIT_POLICY") != "PASSIVE":
+        raise RuntimeError(f"OMP_WAIT_POLICY is {os.environ.get('OMP_WAIT_POLICY')!r} in the worker")
     return (x ** 2).mean()
