@@ -10,6 +10,9 @@ dice, triplet, contrastive, ... at several batch sizes) and prints, in one run:
 - the sum of the bare forward+backward times of the same cases (one call each, inputs ready),
 - the time of one `import torch` in a fresh interpreter,
 - the ratios, against the target  wall(all cores) <= 1.2 x (bare / cores + one torch import),
+- the sum of the audits' own times (each result's duration_s: every draw, the tracer, the
+  verdicts), and the wall time against (audits / cores + one torch import): what the pool itself
+  costs beyond the audits,
 - the peak memory (RSS) of the largest worker, which must stay flat as N grows (no leak).
 
 Timings are printed, never asserted: they depend on the machine and on its load.
@@ -18,6 +21,7 @@ Timings are printed, never asserted: they depend on the machine and on its load.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -247,16 +251,19 @@ def main() -> None:
             bare_s = float(bare.stdout.strip().splitlines()[-1].split(":")[1].strip(" }"))
             one, rss_one = run_gradaudit(config, 1, folder / f"out1_{n}")
             many, rss_many = run_gradaudit(config, cores, folder / f"outN_{n}")
+            results = json.loads((folder / f"outN_{n}" / "results.json").read_text())["results"]
+            audit_s = sum(r["duration_s"] for r in results)
             target = 1.2 * (bare_s / cores + import_s)
-            rows.append((n, one, many, bare_s, import_s, target, many / target, one / many,
-                         max(rss_one, rss_many)))
+            rows.append((n, one, many, bare_s, audit_s, import_s, target, many / target, one / many,
+                         many / (audit_s / cores + import_s), max(rss_one, rss_many)))
             print(f"N={n}: --jobs 1 {one:.1f}s, --jobs {cores} {many:.1f}s, bare {bare_s:.2f}s", file=sys.stderr)
 
-    head = ["N", "--jobs 1 (s)", f"--jobs {cores} (s)", "bare fwd+bwd (s)", "import torch (s)",
-            "target (s)", "wall / target", "speed-up", "peak worker RSS (MiB)"]
-    body = [[str(n), f"{one:.1f}", f"{many:.1f}", f"{bare:.2f}", f"{imp:.2f}", f"{tgt:.1f}",
-             f"{ratio:.1f}x", f"{speed:.2f}x", f"{rss:.0f}"]
-            for n, one, many, bare, imp, tgt, ratio, speed, rss in rows]
+    head = ["N", "--jobs 1 (s)", f"--jobs {cores} (s)", "bare fwd+bwd (s)", "audits (s)", "import torch (s)",
+            "target (s)", "wall / target", "speed-up", "wall / (audits / cores + import)",
+            "peak worker RSS (MiB)"]
+    body = [[str(n), f"{one:.1f}", f"{many:.1f}", f"{bare:.2f}", f"{audit:.1f}", f"{imp:.2f}", f"{tgt:.1f}",
+             f"{ratio:.1f}x", f"{speed:.2f}x", f"{pool:.2f}x", f"{rss:.0f}"]
+            for n, one, many, bare, audit, imp, tgt, ratio, speed, pool, rss in rows]
     if args.markdown:
         print("| " + " | ".join(head) + " |")
         print("|" + "---|" * len(head))
