@@ -148,6 +148,10 @@ def run(
     try:
         if no_isolate and jobs and jobs > 1:
             raise UsageError("--no-isolate audits one job at a time in this process; drop --jobs")
+        if not no_isolate:
+            from gradaudit.workers import prestart
+
+            prestart()  # the workers' torch import runs while the config is read
         cfg = load_config(config, display_path=str(config))
         old = read_baseline(baseline, fail_on.value)
         options = RunOptions(case_globs=case or [], devices=device or [], seed=seed, timeout=timeout,

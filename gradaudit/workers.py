@@ -313,6 +313,17 @@ def start_method_context():
     return multiprocessing.get_context("spawn")
 
 
+def prestart() -> None:
+    """Start the forkserver now, so that its torch import overlaps whatever the caller does next
+    (reading a big config, say); the first worker then starts at once. Does not wait."""
+    if start_method_context().get_start_method() != "forkserver":
+        return
+    from multiprocessing import forkserver
+
+    with _without_main_script(), _passive_openmp():
+        forkserver.ensure_running()
+
+
 @dataclass
 class _Worker:
     process: Any
