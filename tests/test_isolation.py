@@ -277,3 +277,19 @@ def test_workers_openmp_threads_sleep_while_they_wait(audit_config):
           - {name: omp, loss: "faults:needs_passive_openmp", inputs: {x: {shape: [4]}}}
         """, "--jobs", "1", exit_code=0)
     assert by_case(doc)["omp"]["status"] == "pass"
+
+
+def test_each_worker_gets_its_share_of_the_cores(audit_config):
+    from gradaudit.runner import usable_cpus
+
+    config = """
+        defaults: {devices: [cpu]}
+        cases:
+          - {name: a, loss: "faults:threads_as_value", inputs: {x: {shape: [4]}}}
+          - {name: b, loss: "faults:threads_as_value", inputs: {x: {shape: [4]}}}
+        """
+    cpus = usable_cpus()
+    for jobs in (1, 2):
+        _, doc = audit_config(config, "--jobs", str(jobs))
+        threads = {r["loss"]["value"] for r in doc["results"]}
+        assert threads == {max(1, cpus // jobs)}, (jobs, cpus, threads)

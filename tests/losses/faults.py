@@ -81,3 +81,8 @@ def needs_passive_openmp(x):
     if os.environ.get("OMP_WAIT_POLICY") != "PASSIVE":
         raise RuntimeError(f"OMP_WAIT_POLICY is {os.environ.get('OMP_WAIT_POLICY')!r} in the worker")
     return (x ** 2).mean()
+
+
+def threads_as_value(x):
+    # The loss's value is the worker's intra-op thread count, so a test can read it from the results.
+    return (x - x.detach()).sum() + torch.get_num_threads()
