@@ -108,7 +108,11 @@ def memory_verdict(result: CaseResult, limit_mb: int | None) -> None:
     result.expected = False
     result.error = ErrorInfo(type=err.type, message=f"exceeded max_memory_mb={limit_mb}: {err.message}",
                              traceback=err.traceback, anomaly_trace=err.anomaly_trace)
-    result.summary_line = _first_line(result.error.message, 200)
+    wanted = re.search(r"allocate (\d+) bytes", err.message)
+    where = next((f.location for f in result.findings if f.location), None)
+    result.summary_line = (f"exceeded max_memory_mb={limit_mb}"
+                           + (f": tried to allocate {int(wanted[1]) / 2**20:,.0f} MiB" if wanted else "")
+                           + (f" at {where.where}" + (f": {where.code}" if where.code else "") if where else ""))
 
 
 class _Guard:

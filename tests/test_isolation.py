@@ -91,6 +91,9 @@ def test_memory_guard_makes_a_runaway_allocation_an_error(audit_config, isolate)
     results = by_case(doc)
     assert results["hog"]["status"] == "error"
     assert "exceeded max_memory_mb=256" in results["hog"]["error"]["message"]
+    line = _line_of("big = torch.ones(")
+    assert results["hog"]["summary_line"].startswith("exceeded max_memory_mb=256: tried to allocate 8,192 MiB")
+    assert f"faults.py:{line}" in results["hog"]["summary_line"]
     assert results["modest"]["status"] == "pass"
 
 
