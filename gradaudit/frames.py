@@ -12,6 +12,8 @@ from gradaudit.model import Frame, Location
 
 _OURS = str(Path(__file__).resolve().parent)
 _STDLIB = str(Path(sysconfig.get_paths()["stdlib"]).resolve())
+# Console scripts (bin/gradaudit, bin/pytest) call into user code but are never the user's.
+_SCRIPTS = str(Path(sysconfig.get_paths()["scripts"]).resolve())
 # Packages whose frames are never the user's: torch and the tools that call into user code.
 _NOT_USER = tuple(f"{os.sep}{name}{os.sep}" for name in
                   ("torch", "typer", "click", "_pytest", "pluggy", "numpy", "functorch"))
@@ -26,7 +28,7 @@ def is_user_file(filename: str) -> bool:
         return False
     if path.startswith(_STDLIB + os.sep) and "-packages" + os.sep not in path:
         return False
-    return True
+    return not path.startswith(_SCRIPTS + os.sep)
 
 
 def _is_ours(filename: str) -> bool:

@@ -33,9 +33,17 @@ def result_line(result: CaseResult) -> str:
     return text
 
 
+FULL_TABLE_MAX = 40
+
+
 def print_summary(results: RunResults, console: Console, *, quiet: bool = False) -> None:
-    """Print the results table (only problems when quiet) and the totals line."""
-    shown = [r for r in results.results if not quiet or r.status not in ("pass", "skip")]
+    """Print the results table and the totals line.
+
+    The table lists only problems when quiet, or when the run is too long for every row to help
+    (a CI log of 1,000 passing rows hides the one that failed).
+    """
+    only_problems = quiet or len(results.results) > FULL_TABLE_MAX
+    shown = [r for r in results.results if not only_problems or r.status not in ("pass", "skip")]
     if shown:
         table = Table(show_edge=False, header_style="bold", expand=False)
         table.add_column("case", overflow="fold")
@@ -49,6 +57,9 @@ def print_summary(results: RunResults, console: Console, *, quiet: bool = False)
             table.add_row(escape(r.case), escape(r.device), status_text(r),
                           *(mark if results.baseline else []), escape(r.summary_line))
         console.print(table)
+    hidden = len(results.results) - len(shown)
+    if only_problems and hidden and not quiet:
+        console.print(f"({hidden} passing or skipped results not listed; the report has them all)")
     console.print(f"gradaudit: {escape(results.summary.line())} in {results.duration_s:.1f}s")
     if results.baseline:
         console.print(f"gradaudit: {escape(describe_baseline(results))}")
