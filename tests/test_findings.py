@@ -224,3 +224,17 @@ def test_inputs_of_a_draw_that_never_reached_a_gradient_are_not_called_ok(spine_
     r = results["inplace"]
     assert r["draws"] == 0
     assert {i["name"]: i["grad"] for i in r["inputs"]} == {"x": "none"}
+
+
+def test_many_repeats_do_not_wrap_the_gradient_counts(audit_config):
+    """Counts are bytes by default; 256 draws must not wrap them round to zero."""
+    _, doc = audit_config("""\
+        cases:
+          - name: many
+            loss: spine:raises_twin
+            repeats: 256
+            inputs: {x: {shape: [2]}}
+    """)
+    (result,) = doc["results"]
+    assert result["draws"] == 256
+    assert result["status"] == "pass" and result["inputs"][0]["grad"] == "ok"
