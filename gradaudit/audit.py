@@ -176,6 +176,19 @@ def _user_location_of(exc: BaseException, root: Path) -> Location | None:
     return location_from(frames, root)
 
 
+def pick_loss(out: Any) -> tuple[Any, str | None]:
+    """The loss tensor in what a loss returned, and where it was found.
+
+    Many losses return `(loss, logs)` or `{"loss": loss, ...}`; training backpropagates the first
+    item or the "loss" entry, so that is what is audited.
+    """
+    if isinstance(out, dict) and isinstance(out.get("loss"), torch.Tensor):
+        return out["loss"], "['loss']"
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
+        return out[0], "[0]"
+    return out, None
+
+
 class CaseAudit:
     """The audit of one case on one device; `run()` returns its CaseResult."""
 
@@ -207,6 +220,7 @@ class CaseAudit:
         self.fn: Any = None
         self.params: dict[str, torch.Tensor] = {}
         self.anomaly_error: str | None = None
+        self.picked: str | None = None  # where in the returned value the loss tensor was
 
     # -- the parts of one audit -------------------------------------------------------------
     def run(self) -> CaseResult:
@@ -283,7 +297,8 @@ class CaseAudit:
     def _call(self, inputs: dict[str, torch.Tensor]) -> Any:
         """Call the loss on `inputs` the way every draw does (under autocast where asked)."""
         with self.layer.forward_context(self.device_name, self.autocast):
-            return self.fn(*inputs.values(), **self.spec.kwargs)
+            loss, self.picked = pick_loss(self.fn(*inputs.values(), **self.spec.kwargs))
+            return loss
 
     def _forward(self, inputs: dict[str, torch.Tensor]) -> Any:
         try:
@@ -385,13 +400,15 @@ class CaseAudit:
                 self._add("loss-no-grad", f"the loss returned a Python {type(loss).__name__}, not a tensor:"
                           " the graph was cut before the loss (.item(), float(), .tolist()?)")
             else:
-                self._add("loss-error", f"the loss returned {type(loss).__name__}, not a tensor")
+                self._add("loss-error", f"the loss returned {type(loss).__name__}, not a tensor (a tuple or "
+                          "list whose first item, or a dict whose 'loss' entry, is the loss tensor is fine)")
             return None
         if self.draws == 0:
             self.result.loss = LossInfo(
                 value=None, shape=list(loss.shape), dtype=str(loss.dtype).removeprefix("torch."),
                 requires_grad=loss.requires_grad,
-                grad_fn=type(loss.grad_fn).__name__ if loss.grad_fn is not None else None, finite=True)
+                grad_fn=type(loss.grad_fn).__name__ if loss.grad_fn is not None else None, finite=True,
+                picked=self.picked)
         if loss.dim() != 0 or loss.numel() != 1:
             if self.draws == 0:
                 self._add("loss-not-scalar", f"the loss has shape {list(loss.shape)}, not a scalar; "

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.autograd.gradcheck import GradcheckError
 
+from gradaudit.audit import pick_loss
 from gradaudit.frames import location_from
 from gradaudit.inputs import make_inputs, to_device
 
@@ -83,7 +84,7 @@ class _Check:
         return to_device(cpu, specs, device or self.device)
 
     def _loss(self, inputs: dict[str, torch.Tensor], fn: Any = None) -> torch.Tensor:
-        out = (fn or self.fn)(*inputs.values(), **self.spec.kwargs)
+        out, _ = pick_loss((fn or self.fn)(*inputs.values(), **self.spec.kwargs))
         if not isinstance(out, torch.Tensor):
             raise _Skip(f"the loss returned {type(out).__name__}")
         return out.sum() if out.dim() else out

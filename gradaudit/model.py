@@ -143,9 +143,11 @@ class LossInfo:
     requires_grad: bool
     grad_fn: str | None
     finite: bool
+    # Where the loss tensor sat in what the loss returned: "[0]" of a tuple, "['loss']" of a dict.
+    picked: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _prune(dataclasses.asdict(self), ("picked",))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LossInfo:

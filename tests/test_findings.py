@@ -42,6 +42,9 @@ CASES = {
     "used_params": ("spine:WithUsedParams", "x: {shape: [4, 3]}", ""),
     "keeps_graph": ("spine:KeepsGraph", "x: {shape: [4, 3]}", ""),
     "keeps_value": ("spine:KeepsValue", "x: {shape: [4, 3]}", ""),
+    "returns_tuple": ("spine:returns_tuple", "x: {shape: [4, 3]}", ""),
+    "returns_dict": ("spine:returns_dict", "x: {shape: [4, 3]}", ""),
+    "returns_list_of_floats": ("spine:returns_list_of_floats", "x: {shape: [4, 3]}", ""),
     "not_importable": ("spine_missing_module:loss", "x: {shape: [4, 3]}", ""),
     "no_such_function": ("spine:no_such_function", "x: {shape: [4, 3]}", ""),
 }
@@ -238,3 +241,14 @@ def test_many_repeats_do_not_wrap_the_gradient_counts(audit_config):
     (result,) = doc["results"]
     assert result["draws"] == 256
     assert result["status"] == "pass" and result["inputs"][0]["grad"] == "ok"
+
+
+def test_a_loss_returned_with_its_logs_is_audited(spine_run):
+    """`(loss, logs)` and `{"loss": ...}` are audited as training would backpropagate them."""
+    _, results = spine_run
+    assert results["returns_tuple"]["status"] == "pass"
+    assert results["returns_tuple"]["loss"]["picked"] == "[0]"
+    assert results["returns_dict"]["loss"]["picked"] == "['loss']"
+    assert "partial-grad" in finding_ids(results["returns_dict"])  # only column 0 is used
+    other = results["returns_list_of_floats"]
+    assert finding_ids(other)[0] == "loss-error" and "not a tensor" in other["findings"][0]["message"]

@@ -145,3 +145,16 @@ class KeepsValue(KeepsGraph):
             loss = loss + 0.1 * self.previous
         self.previous = loss.detach()
         return loss
+
+
+def returns_tuple(x):
+    loss = x.pow(2).mean()
+    return loss, {"l2": loss.detach()}
+
+
+def returns_dict(x):
+    return {"loss": x[:, 0].pow(2).mean(), "parts": [x.detach()]}
+
+
+def returns_list_of_floats(x):
+    return [float(v) for v in x.sum(dim=1)]
