@@ -344,6 +344,10 @@ class CaseAudit:
             # The user's warnings are recorded, never raised by a caller's "error" filter.
             caught = stack.enter_context(warnings.catch_warnings(record=True))
             warnings.simplefilter("always")
+            # torch warns some things once per process: which case would see them would then
+            # depend on which worker ran what before it.
+            stack.callback(torch.set_warn_always, torch.is_warn_always_enabled())
+            torch.set_warn_always(True)
             stack.callback(self._keep_warnings, caught)
             for cm in contexts:
                 stack.enter_context(cm)

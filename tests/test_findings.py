@@ -252,3 +252,18 @@ def test_a_loss_returned_with_its_logs_is_audited(spine_run):
     assert "partial-grad" in finding_ids(results["returns_dict"])  # only column 0 is used
     other = results["returns_list_of_floats"]
     assert finding_ids(other)[0] == "loss-error" and "not a tensor" in other["findings"][0]["message"]
+
+
+def test_torch_warn_once_warnings_are_kept_for_every_case(audit_config):
+    """torch warns about float() of a grad tensor once per process; each case must still show it."""
+    _, doc = audit_config("""\
+        cases:
+          - name: first
+            loss: spine:python_float
+            inputs: {x: {shape: [2, 2]}}
+          - name: second
+            loss: spine:returns_list_of_floats
+            inputs: {x: {shape: [2, 2]}}
+    """, "--no-isolate")
+    for result in doc["results"]:
+        assert any("Converting a tensor with requires_grad=True" in w for w in result.get("warnings", [])), result
