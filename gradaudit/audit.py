@@ -26,7 +26,7 @@ from gradaudit.config import CaseSpec
 from gradaudit.devices import AUTOCAST_DTYPE, CONTEXT, MIXED, OOM, DeviceLayer, classify, current, format_bytes
 from gradaudit.findings import default_severity
 from gradaudit.frames import frames_from_text, location_from
-from gradaudit.inputs import make_inputs, to_device, torch_dtype
+from gradaudit.inputs import draw_seed, make_inputs, to_device, torch_dtype
 from gradaudit.loading import group_of, resolve
 from gradaudit.model import (
     CaseResult,
@@ -48,6 +48,7 @@ FALSE_ALARM = 1e-3
 RATE_QUANTILE = 0.1
 PRIOR_RATE = 0.5  # when no element ever got a gradient: how often one would, if it could
 MAX_DRAWS = 40
+LOSS_RNG_SALT = 0x5EED  # the loss's own random stream differs from its inputs'
 
 VERSION_ERROR = "modified by an inplace operation"
 
@@ -349,6 +350,12 @@ class CaseAudit:
             stack.callback(torch.set_warn_always, torch.is_warn_always_enabled())
             torch.set_warn_always(True)
             stack.callback(self._keep_warnings, caught)
+            # Randomness inside the loss (dropout, sampled negatives, random masks) is seeded per
+            # draw too, so a case gives the same verdict alone, in any order and on any worker;
+            # the caller's own random state is restored afterwards.
+            devices = [self.device] if self.device.type == "cuda" else []
+            stack.enter_context(torch.random.fork_rng(devices=devices))
+            torch.manual_seed(draw_seed(self.spec.seed, self.spec.draw_name, self.draws) ^ LOSS_RNG_SALT)
             for cm in contexts:
                 stack.enter_context(cm)
             try:

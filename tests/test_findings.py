@@ -267,3 +267,35 @@ def test_torch_warn_once_warnings_are_kept_for_every_case(audit_config):
     """, "--no-isolate")
     for result in doc["results"]:
         assert any("Converting a tensor with requires_grad=True" in w for w in result.get("warnings", [])), result
+
+
+def test_randomness_inside_the_loss_is_seeded_per_draw(tmp_path):
+    """A loss that draws its own random numbers gives the same result however often it runs."""
+    import torch
+
+    from gradaudit.audit import AuditContext, audit_case
+    from gradaudit.config import load_config
+    from gradaudit.loading import add_import_roots
+
+    path = tmp_path / "c.yaml"
+    path.write_text(textwrap.dedent(f"""\
+        version: 1
+        sys_path: [{LOSSES}]
+        cases:
+          - name: rnd
+            loss: spine:random_mask
+            inputs: {{x: {{shape: [4, 3]}}}}
+    """))
+    config = load_config(path)
+    add_import_roots(config.root, config.sys_path)
+    ctx = AuditContext(root=config.root)
+    first = audit_case(config.cases[0], "cpu", ctx)
+    torch.rand(5)  # the caller's random stream moves on between the two audits
+    second = audit_case(config.cases[0], "cpu", ctx)
+    assert first.loss.value == second.loss.value
+    assert first.status == second.status == "pass"
+    torch.manual_seed(1)
+    expected = torch.rand(3)
+    torch.manual_seed(1)
+    audit_case(config.cases[0], "cpu", ctx)
+    assert torch.equal(torch.rand(3), expected)  # the caller's random stream is left as it was
