@@ -171,7 +171,7 @@ def run(
             from gradaudit.baseline import apply_baseline
 
             apply_baseline(results, old, str(baseline))
-        print_summary(results, console, quiet=quiet)
+        print_summary(results, console)
         write_reports(results, output, json_path, junit, markdown)
     except GradauditError as exc:
         _fail(exc)

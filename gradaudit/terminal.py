@@ -6,7 +6,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from gradaudit.baseline import LABELS
+from gradaudit.baseline import FIXED, LABELS
 from gradaudit.baseline import describe as describe_baseline
 from gradaudit.model import CaseResult, Finding, RunResults
 
@@ -33,18 +33,19 @@ def result_line(result: CaseResult) -> str:
     return text
 
 
-FULL_TABLE_MAX = 40
+def print_summary(results: RunResults, console: Console) -> None:
+    """Print a recap table of the problems (and fixes against a baseline), then the totals line.
 
-
-def print_summary(results: RunResults, console: Console, *, quiet: bool = False) -> None:
-    """Print the results table and the totals line.
-
-    The table lists only problems when quiet, or when the run is too long for every row to help
-    (a CI log of 1,000 passing rows hides the one that failed).
+    Every result already had its own line as it finished; the recap repeats only what needs a
+    look, so the end of a CI log of 1,000 passing cases still shows the one that failed.
     """
-    only_problems = quiet or len(results.results) > FULL_TABLE_MAX
-    shown = [r for r in results.results if not only_problems or r.status not in ("pass", "skip")]
-    if shown:
+    shown = [r for r in results.results if r.status not in ("pass", "skip") or r.baseline == FIXED]
+    if shown and not console.is_terminal:
+        # A CI log: plain lines that grep and never wrap a culprit line across table cells.
+        console.print("Needs a look:", markup=False)
+        for r in shown:
+            console.print("  " + result_line(r), markup=False, highlight=False, soft_wrap=True)
+    elif shown:
         table = Table(show_edge=False, header_style="bold", expand=False)
         table.add_column("case", overflow="fold")
         table.add_column("device")
@@ -57,9 +58,6 @@ def print_summary(results: RunResults, console: Console, *, quiet: bool = False)
             table.add_row(escape(r.case), escape(r.device), status_text(r),
                           *(mark if results.baseline else []), escape(r.summary_line))
         console.print(table)
-    hidden = len(results.results) - len(shown)
-    if only_problems and hidden and not quiet:
-        console.print(f"({hidden} passing or skipped results not listed; the report has them all)")
     console.print(f"gradaudit: {escape(results.summary.line())} in {results.duration_s:.1f}s")
     if results.baseline:
         console.print(f"gradaudit: {escape(describe_baseline(results))}")

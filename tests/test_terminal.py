@@ -1,4 +1,4 @@
-"""The terminal summary table, on hand-built results (no torch)."""
+"""The terminal recap after a run, on hand-built results (no torch)."""
 
 from __future__ import annotations
 
@@ -10,36 +10,54 @@ from rich.console import Console
 
 from gradaudit.frames import is_user_file
 from gradaudit.model import CaseResult, RunResults
-from gradaudit.terminal import FULL_TABLE_MAX, print_summary
+from gradaudit.terminal import print_summary
 
 
-def _render(count: int, quiet: bool = False) -> str:
-    results = [CaseResult(case=f"case{i:04d}", device="cpu", status="pass") for i in range(count)]
-    results[3] = CaseResult(case="case0003", device="cpu", status="fail", summary_line="broken at x.py:3")
+def _render(results: list[CaseResult], baseline: bool = False, terminal: bool = True) -> str:
+    run = RunResults(results=results)
+    if baseline:
+        run.baseline = {"path": "old.json"}
     stream = io.StringIO()
-    print_summary(RunResults(results=results), Console(file=stream, width=200), quiet=quiet)
+    print_summary(run, Console(file=stream, width=200, force_terminal=terminal, color_system=None, highlight=False))
     return stream.getvalue()
 
 
-def test_short_runs_list_every_result():
-    text = _render(5)
-    assert "case0000" in text and "case0003" in text and "not listed" not in text
+def _run(count: int) -> list[CaseResult]:
+    results = [CaseResult(case=f"case{i:04d}", device="cpu", status="pass") for i in range(count)]
+    results[3] = CaseResult(case="case0003", device="cpu", status="fail", summary_line="broken at x.py:3")
+    results[4] = CaseResult(case="case0004", device="cuda", status="skip", summary_line="no cuda here")
+    return results
 
 
-def test_long_runs_list_only_problems_and_say_so():
-    text = _render(FULL_TABLE_MAX + 10)
+def test_recap_lists_only_the_problems():
+    text = _render(_run(1000))
     assert "case0003" in text and "broken at x.py:3" in text
-    assert "case0000" not in text
-    assert f"({FULL_TABLE_MAX + 9} passing or skipped results not listed" in text
-    assert f"{FULL_TABLE_MAX + 10} results: {FULL_TABLE_MAX + 9} pass, 1 fail" in text
+    assert "case0000" not in text and "case0004" not in text
+    assert "1000 results: 998 pass, 1 fail, 1 skip" in text
 
 
-def test_quiet_lists_only_problems():
-    text = _render(5, quiet=True)
-    assert "case0003" in text and "case0000" not in text and "not listed" not in text
+def test_no_table_when_nothing_needs_a_look():
+    text = _render([CaseResult(case="fine", device="cpu", status="pass")])
+    assert "fine" not in text and "1 result: 1 pass" in text
+
+
+def test_fixed_cases_are_recapped_against_a_baseline():
+    results = _run(5)
+    results[0].baseline = "fixed"
+    text = _render(results, baseline=True)
+    assert "case0000" in text and "fixed" in text
 
 
 def test_console_scripts_are_not_user_code():
     script = Path(sysconfig.get_paths()["scripts"]) / "gradaudit"
     assert not is_user_file(str(script))
     assert is_user_file(__file__)
+
+
+def test_ci_logs_get_plain_unwrapped_lines():
+    long = "x" * 150 + " at losses.py:9"
+    results = [CaseResult(case="bad", device="cpu", status="fail", summary_line=long)]
+    text = _render(results, terminal=False)
+    assert "Needs a look:" in text and long in text.replace("\n", "")
+    assert any(long in line for line in text.splitlines())  # the culprit stays on one line
+    assert "┃" not in text and "│" not in text
