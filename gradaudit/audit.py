@@ -157,10 +157,6 @@ class _ForwardError(Exception):
     """The loss's own forward raised."""
 
 
-class _BackwardError(Exception):
-    """backward raised for the loss."""
-
-
 def error_info(exc: BaseException, anomaly_trace: str | None = None) -> ErrorInfo:
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     return ErrorInfo(type=type(exc).__name__, message=str(exc).strip(), traceback=text,

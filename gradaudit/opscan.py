@@ -30,6 +30,8 @@ class OpHit:
     device: str
     location: Location | None
     what: str = ""  # "inf", "nan" or "inf and nan" for a non-finite hit
+    count: int = 0  # non-finite elements of the output, of `total`
+    total: int = 0
 
 
 def op_name(func: Any) -> str:
@@ -113,8 +115,9 @@ def first_nonfinite(call: Callable[[], Any], root: Path | None) -> OpHit | None:
         for out in outputs:
             what = _nonfinite(out)
             if what:
+                count = int((~torch.isfinite(out.detach())).sum())
                 return OpHit(op_name(func), str(out.dtype).removeprefix("torch."), str(out.device),
-                             _here(root), what)
+                             _here(root), what, count, out.numel())
         return None
 
     hits = _run(call, _Scan(test, 1))

@@ -29,6 +29,7 @@ from torch.overrides import TorchFunctionMode
 
 from gradaudit.frames import frames_from_text, is_user_file, location_from
 from gradaudit.model import Finding, Location
+from gradaudit.opscan import first_nonfinite
 from gradaudit.shapes import describe_dead
 
 _EMPTY: frozenset = frozenset()
@@ -915,44 +916,17 @@ class Explainer:
 
     def loss_nonfinite_origin(self, finding: Finding) -> None:
         """Re-run the first draw and find the first forward op whose output is NaN or Inf."""
-        mode = _FirstNonfinite()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            try:
-                self._rerun(0, mode)
-            except Exception:  # noqa: BLE001
-                pass
-        if mode.found is None:
+            hit = first_nonfinite(lambda: self._rerun(0), self.root)
+        if hit is None:
             return
-        op, frames, what, count, total = mode.found
-        loc = location_from(frames, self.root)
-        code = _quote(loc, op)
-        finding.message += (f"; it began at {code}{f' at {loc.where}' if loc else ''}, whose result holds "
-                            f"{what} ({count} of {total} elements) while its inputs are finite")
+        loc = hit.location
+        what = "NaN" if "nan" in hit.what else "Inf"
+        finding.message += (f"; it began at {_quote(loc, hit.op)}{f' at {loc.where}' if loc else ''}, whose "
+                            f"result holds {what} ({hit.count} of {hit.total} elements) while its inputs are finite")
         finding.location = loc
-        finding.detail = {**finding.detail, "op": op}
-
-
-class _FirstNonfinite(TorchFunctionMode):
-    """A function mode that notes the first op of the user's whose output is NaN/Inf from finite inputs."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.found: tuple | None = None
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        if self.found is None and isinstance(out, torch.Tensor) and out.is_floating_point():
-            finite = torch.isfinite(out.detach())
-            if not bool(finite.all()):
-                ins = [a for a in (*args, *(kwargs or {}).values()) if isinstance(a, torch.Tensor)]
-                if all(bool(torch.isfinite(a.detach()).all()) for a in ins if a.is_floating_point()):
-                    frames = _user_frames()
-                    if frames is not None:
-                        nan = bool(torch.isnan(out.detach()).any())
-                        self.found = (_display_op(_op_name(func), func), frames, "NaN" if nan else "Inf",
-                                      int((~finite).sum()), out.numel())
-        return out
+        finding.detail = {**finding.detail, "op": hit.op}
 
 
 # What each backward node's saved tensors say about why its gradient is not finite.
