@@ -227,6 +227,8 @@ class CaseAudit:
                 self._draws()
                 if self.spec.gradcheck:
                     self._gradcheck()
+                if self.spec.per_sample:
+                    self._batch_independence()
                 if self.parity and self.first is not None and self.result.status != "error":
                     self._compare_with_cpu()
         except Exception as exc:
@@ -493,6 +495,35 @@ class CaseAudit:
                for t in self.tracks.values()):
             return  # a gradient that is missing or zero is reported as such; gradcheck adds nothing
         check_gradients(self)
+
+    def _batch_independence(self) -> None:
+        """Check that each sample's gradient depends on it alone, where no defect was found."""
+        from gradaudit import batchmix
+
+        if self.result.status == "error" or not self.draws or any(f.severity == "fail" for f in self.findings):
+            return
+        seed = draw_seed(self.spec.seed, self.spec.draw_name, 0) ^ LOSS_RNG_SALT
+
+        def grads_of(cpu: dict[str, torch.Tensor], observe: Any = None):
+            # As draw 0 calls the loss: its seeding, autocast and loss picking; no .grad left behind.
+            inputs = to_device(cpu, self.spec.inputs, self.device)
+            with warnings.catch_warnings(), torch.random.fork_rng(
+                    devices=[self.device] if self.device.type == "cuda" else []):
+                warnings.simplefilter("ignore")
+                torch.manual_seed(seed)
+                with observe or contextlib.nullcontext():
+                    loss = self._call(inputs)
+                loss = loss.sum() if loss.dim() else loss
+                leaves = {k: v for k, v in inputs.items() if v.requires_grad}
+                grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
+            return loss.detach(), dict(zip(leaves, grads, strict=True))
+
+        found = batchmix.check_case(self.spec, grads_of, self.ctx.root,
+                                    torch_dtype(self.autocast) if self.autocast else None)
+        self.result.batch_independence = found.summary()
+        if found.coupling is not None:
+            self._add("batch-mixing", found.message(), input=found.coupling.input,
+                      location=found.location, detail=found.detail())
 
     # -- devices and precision ---------------------------------------------------------------
     def _device_ready(self) -> bool:

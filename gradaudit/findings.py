@@ -22,6 +22,7 @@ FINDINGS: dict[str, tuple[str, str]] = {
     "device-portability": ("warn", "the loss makes tensors on a fixed device"),
     "gradcheck-mismatch": ("fail", "the analytic gradient disagrees with finite differences"),
     "unexpected-pass": ("fail", "expect.status: fail was declared but the audit found nothing"),
+    "batch-mixing": ("fail", "a per_sample loss gives a sample a gradient that depends on other samples"),
 }
 
 

@@ -1,0 +1,570 @@
+"""Batch independence (`per_sample: DIM`): show that each sample's gradient depends on it alone.
+
+A loss that declares `per_sample: B` claims to reduce per-sample terms over B. Then re-drawing
+some samples must leave the gradient of every other sample as it was. Two splits are tried:
+  1. the second half of the batch, re-drawing only the inputs that require grad (predictions,
+     embeddings); nothing else changes, so the first half's gradients must stay exactly as they
+     were, scale included;
+  2. the odd samples, re-drawing every input that carries the dim (targets and masks too). A
+     batch-wide normaliser may change here (the mean over the non-ignored targets, over the
+     targets' class weights, over the positives) and rescale every sample's gradient by one
+     common factor, so the even samples' gradients of each input are compared after fitting one
+     scalar to them.
+The two layouts of pairs (two concatenated halves, or interleaved) are separated by one split or
+the other. A legitimately per-sample loss computes every untouched sample with the same ops on
+the same values, so what may differ is rounding of that factor: a few ulps. Each split costs one
+call; only where a change shows is the unperturbed call repeated, to tell coupling from a loss
+that does not repeat itself (a nondeterministic kernel, state that changes per call).
+
+Where samples mix, two more forward calls under a TorchFunctionMode find the op: the first op
+whose output changes for untouched samples while its inputs did not (a softmax over B, a
+BatchNorm, a similarity matrix), or, where that output combines a batch aggregate, the reduction
+that made the aggregate (the `mean(0)` of `x - x.mean(0)`).
+"""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from gradaudit.frames import location_from
+from gradaudit.inputs import make_inputs
+from gradaudit.model import Location
+from gradaudit.opscan import op_name
+
+if TYPE_CHECKING:
+    from gradaudit.config import CaseSpec
+
+# An untouched sample's gradient may move by this many ulps of its dtype (relative to its norm,
+# or the batch's typical norm where its own is smaller) before it counts as changed: rescaling by
+# a batch-wide count rounds by one or two.
+TOL_ULPS = 16
+# Run-to-run noise (a nondeterministic kernel) widens the tolerance by this factor of it; noise
+# above NOISY (relative) makes the check inconclusive: the loss does not repeat itself.
+NOISE_FACTOR = 8
+NOISY = 1e-2
+# The locator keeps every op output of two forwards; beyond this many elements it gives up.
+LOCATE_ELEMENTS = 50_000_000
+SALT = "#batchmix"  # the re-drawn samples come from a draw of their own
+
+# (inputs on the CPU, a context to enter around the forward) -> (loss, {input: gradient})
+GradsOf = Callable[[dict[str, torch.Tensor], AbstractContextManager | None],
+                   tuple[torch.Tensor, dict[str, torch.Tensor | None]]]
+
+# Ops whose reduction is a normalisation more than a sum: preferred when several reduce.
+_NORMALISERS = ("softmax", "log_softmax", "logsumexp", "std", "var", "norm", "normalize",
+                "batch_norm", "layer_norm", "group_norm", "instance_norm", "max", "min", "amax",
+                "amin", "median", "quantile", "sort", "topk", "argsort", "cumsum", "cumprod")
+
+
+@dataclass
+class Plan:
+    """What a case's `per_sample` means for its inputs."""
+
+    dim: str
+    size: int
+    axes: dict[str, int]  # input name -> the axis that is `dim`, for inputs that carry it
+    graded: list[str]  # those of them that require grad: whose gradients are compared
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which samples are re-drawn, in which inputs, and whether a common factor is allowed."""
+
+    perturbed: slice
+    untouched: slice
+    every_input: bool  # targets and masks too (a normaliser may change) or only graded inputs
+
+    def indexes(self, size: int, which: slice) -> list[int]:
+        return list(range(size))[which]
+
+
+def splits(size: int) -> list[Split]:
+    """The second half (graded inputs only, exact), then the odd samples (every input)."""
+    return [Split(slice(size // 2, size), slice(0, size // 2), every_input=False),
+            Split(slice(1, size, 2), slice(0, size, 2), every_input=True)]
+
+
+@dataclass
+class Coupling:
+    """The worst coupling a split showed: whose gradient moved, for which re-drawn samples."""
+
+    input: str
+    shape: list[int]
+    perturbed: list[int]
+    redrawn: list[str]  # the inputs whose samples were re-drawn
+    changed: list[int]  # untouched samples whose gradient moved beyond the tolerance
+    untouched: int
+    sample: int  # the one that moved most
+    change: float  # its relative change
+
+
+@dataclass
+class BatchCheck:
+    """What the batch-independence check did and found; `summary()` goes into results.json."""
+
+    checked: bool
+    dim: str
+    size: int = 0
+    reason: str = ""
+    calls: int = 0
+    splits: int = 0
+    max_change: float = 0.0  # largest relative change of an untouched sample's gradient
+    tolerance: float = 0.0
+    rescaled: bool = False  # a batch-wide normaliser changed (one common factor was allowed)
+    noise: float | None = None  # relative change between two identical calls, where measured
+    coupling: Coupling | None = None
+    split: Split | None = None
+    op: str | None = None
+    location: Location | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The record for results.json (`batch_independence`)."""
+        data: dict[str, Any] = {"checked": self.checked, "dim": self.dim, "size": self.size}
+        if not self.checked:
+            data["reason"] = self.reason
+            return data
+        data.update(splits=self.splits, calls=self.calls, max_change=_round(self.max_change),
+                    tolerance=_round(self.tolerance), rescaled=self.rescaled,
+                    coupled=self.coupling is not None)
+        if self.noise is not None:
+            data["noise"] = _round(self.noise)
+        return data
+
+    def message(self) -> str:
+        """The batch-mixing finding's text: which samples were coupled and by how much."""
+        c = self.coupling
+        assert c is not None
+        moved = ("the other sample" if c.untouched == 1 else
+                 f"all {c.untouched} untouched samples" if len(c.changed) == c.untouched
+                 else f"{len(c.changed)} of {c.untouched} untouched samples")
+        what = ", ".join(c.redrawn)
+        text = (f"samples mix along {self.dim} although the case declares per_sample: {self.dim}: "
+                f"re-drawing {_samples(c.perturbed)} of {self.dim}={self.size} ({what}) changed the "
+                f"gradient of {c.input} {c.shape} for {moved}, by up to {_percent(c.change)} "
+                f"(sample {c.sample})")
+        if self.op:
+            text += f"; {self.op} combines samples along {self.dim}"
+        return text
+
+    def detail(self) -> dict[str, Any]:
+        """The finding's plain-data detail."""
+        c = self.coupling
+        assert c is not None
+        data: dict[str, Any] = {"dim": self.dim, "size": self.size, "perturbed": c.perturbed[:32],
+                                "redrawn": c.redrawn, "changed": c.changed[:32], "sample": c.sample,
+                                "change": _round(c.change), "tolerance": _round(self.tolerance)}
+        if self.op:
+            data["op"] = self.op
+        return data
+
+
+def _round(x: float) -> float:
+    return float(f"{x:.4g}")
+
+
+def _percent(x: float) -> str:
+    return f"{x * 100:.3g}%"
+
+
+def _samples(index: list[int]) -> str:
+    """`sample 1`, `samples 4-7`, `the odd samples (1, 3, 5, ...)`."""
+    if len(index) == 1:
+        return f"sample {index[0]}"
+    if index == list(range(index[0], index[-1] + 1)):
+        return f"samples {index[0]}-{index[-1]}"
+    if index == list(range(1, 2 * len(index), 2)):
+        shown = ", ".join(map(str, index[:3])) + (", ..." if len(index) > 3 else "")
+        return f"the odd samples ({shown})"
+    return "samples " + ", ".join(map(str, index[:6])) + (", ..." if len(index) > 6 else "")
+
+
+def plan(spec: CaseSpec) -> Plan | str:
+    """Which inputs carry the declared dim, at which axis; a reason string where nothing to check."""
+    dim = spec.per_sample or ""
+    size = spec.dims.get(dim, 0)
+    if size < 2:
+        return f"{dim}={size}: a batch of {size} sample{'s' if size != 1 else ''} has nothing to mix"
+    axes: dict[str, int] = {}
+    for inp in spec.inputs:
+        where = [i for i, name in enumerate(inp.shape_dims) if name == dim]
+        if len(where) > 1:
+            return f"input {inp.name} uses {dim} {len(where)} times; its samples are not separable"
+        if where:
+            axes[inp.name] = where[0]
+    graded = [i.name for i in spec.inputs if i.name in axes and i.requires_grad]
+    if not graded:
+        return f"no input that carries {dim} requires grad: no per-sample gradient to compare"
+    return Plan(dim, size, axes, graded)
+
+
+def _at(axis: int, which: slice) -> tuple:
+    return (slice(None),) * axis + (which,)
+
+
+def _mix(inputs: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor], axes: dict[str, int],
+         which: slice, names: list[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The inputs with the samples `which` of the inputs `names` taken from `fresh`.
+
+    An input that re-draws to the same values (a fixed `value`) has those samples rotated among
+    themselves instead. Returns the inputs and the names of those that changed.
+    """
+    out = dict(inputs)
+    changed = []
+    for name in names:
+        x, at = inputs[name], _at(axes[name], which)
+        y = x.clone()
+        y[at] = fresh[name][at]
+        if torch.equal(y, x):
+            y[at] = x[at].roll(1, dims=axes[name])
+        if not torch.equal(y, x):
+            out[name] = y
+            changed.append(name)
+    return out, changed
+
+
+def _rows(t: torch.Tensor, axis: int) -> torch.Tensor:
+    """The tensor as one float64 row per sample of `axis`, on the CPU."""
+    t = t.detach().to("cpu", torch.float64)
+    return t.movedim(axis, 0).reshape(t.shape[axis], -1) if t.dim() else t.reshape(1, 1)
+
+
+def _eps(*dtypes: torch.dtype | None) -> float:
+    return max(torch.finfo(d).eps for d in dtypes if d is not None and d.is_floating_point)
+
+
+def _change(first: torch.Tensor, second: torch.Tensor, fit: bool) -> tuple[torch.Tensor, float]:
+    """Per row of two [samples, features] float64 tensors: how much the second moved, and the
+    common factor fitted first (1 where `fit` is false).
+
+    A sample's change is measured against its own gradient, or against the rows' root-mean-square
+    gradient where its own is smaller: a sample near its optimum has a gradient made of terms that
+    nearly cancel, and their rounding is the size of the terms, not of their sum.
+    """
+    factor = 1.0
+    if fit:
+        denom = float(torch.dot(first.flatten(), first.flatten()))
+        factor = float(torch.dot(first.flatten(), second.flatten())) / denom if denom > 0 else 1.0
+    residual = torch.linalg.vector_norm(second - factor * first, dim=1)
+    own = torch.maximum(abs(factor) * torch.linalg.vector_norm(first, dim=1),
+                        torch.linalg.vector_norm(second, dim=1))
+    typical = float(own.square().mean().sqrt()) if own.numel() else 0.0
+    if typical == 0:
+        return torch.zeros_like(residual), factor
+    return residual / own.clamp_min(typical), factor
+
+
+def _finite(loss: torch.Tensor, grads: dict[str, torch.Tensor | None]) -> bool:
+    return bool(torch.isfinite(loss).all()) and all(
+        g is None or bool(torch.isfinite(g).all()) for g in grads.values())
+
+
+class _Inconclusive(Exception):
+    """The check cannot say either way; the message is the reason."""
+
+
+class _Calls:
+    """Runs and counts the calls of the loss; a call that raises makes the check inconclusive."""
+
+    def __init__(self, grads_of: GradsOf, how: Plan) -> None:
+        self.grads_of = grads_of
+        self.how = how
+        self.count = 0
+        self.shapes: dict[str, list[int]] = {}  # of the gradients, as the first call gave them
+        self.dtypes: list[torch.dtype] = []
+
+    def __call__(self, inputs: dict[str, torch.Tensor], what: str,
+                 observe: AbstractContextManager | None = None) -> dict[str, torch.Tensor] | None:
+        """The graded inputs' gradients as [samples, features] rows; None where not finite."""
+        self.count += 1
+        try:
+            loss, grads = self.grads_of(inputs, observe)
+        except Exception as exc:  # noqa: BLE001 - the loss's own failure on re-drawn samples
+            first = str(exc).strip().splitlines()[0][:160] if str(exc).strip() else ""
+            raise _Inconclusive(f"the loss raised {type(exc).__name__} {what}: {first}") from None
+        grads = {n: grads.get(n) for n in self.how.graded}
+        if not self.shapes:
+            self.shapes = {n: list(g.shape) for n, g in grads.items() if g is not None}
+            self.dtypes = [g.dtype for g in grads.values() if g is not None]
+        if not _finite(loss, grads):
+            return None
+        return {n: _rows(g, self.how.axes[n]) for n, g in grads.items() if g is not None}
+
+
+def check(grads_of: GradsOf, inputs: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor],
+          how: Plan, compute_dtype: torch.dtype | None = None, root: Path | None = None) -> BatchCheck:
+    """Re-draw parts of the batch and compare the untouched samples' gradients with `inputs`'.
+
+    `inputs` are the draw's CPU inputs, `fresh` another draw of the same specs, from which the
+    re-drawn samples are taken; `compute_dtype` is autocast's dtype where the forward runs in one.
+    """
+    result = BatchCheck(checked=False, dim=how.dim, size=how.size)
+    calls = _Calls(grads_of, how)
+    try:
+        mixed = _judge(calls, inputs, fresh, how, compute_dtype, result)
+    except _Inconclusive as why:
+        result.reason = str(why)
+        result.calls = calls.count
+        return result
+    result.checked = True
+    if mixed is not None and result.split is not None:
+        try:
+            hit = locate(calls, inputs, mixed, result.split, how, result.tolerance, root)
+        except Exception:  # noqa: BLE001 - the location is a witness; the finding stands without it
+            hit = None
+        if hit is not None:
+            result.op, result.location = hit
+    result.calls = calls.count
+    return result
+
+
+def _judge(calls: _Calls, inputs: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor], how: Plan,
+           compute_dtype: torch.dtype | None, result: BatchCheck) -> dict[str, torch.Tensor] | None:
+    """Run the splits and fill `result`; return the perturbed inputs of the worst coupling."""
+    base = calls(inputs, "on the draw's inputs")
+    if base is None:
+        raise _Inconclusive("the loss or a gradient is not finite on the draw's inputs")
+    if not base:
+        raise _Inconclusive(f"no input that carries {how.dim} gets a gradient")
+    result.tolerance = TOL_ULPS * _eps(compute_dtype, *calls.dtypes)
+    runs: list[tuple[Split, dict[str, torch.Tensor], list[str], dict[str, torch.Tensor]]] = []
+    skipped: list[str] = []
+    for split in splits(how.size):
+        perturbed = split.indexes(how.size, split.perturbed)
+        names = list(how.axes) if split.every_input else how.graded
+        mixed, changed = _mix(inputs, fresh, how.axes, split.perturbed, names)
+        if not changed:
+            skipped.append(f"re-drawing {_samples(perturbed)} changed no input")
+            continue
+        grads = calls(mixed, f"with {_samples(perturbed)} re-drawn")
+        if grads is None:
+            skipped.append(f"with {_samples(perturbed)} re-drawn the loss or a gradient is not finite")
+            continue
+        runs.append((split, mixed, changed, grads))
+    if not runs:
+        raise _Inconclusive("; ".join(skipped))
+    result.splits = len(runs)
+    worst = _worst(runs, base, calls.shapes, how, result)
+    if worst is None:
+        return None
+    # Something moved: is it the loss's own noise? Call the draw's inputs again.
+    again = calls(inputs, "when called again")
+    if again is None:
+        raise _Inconclusive("the loss or a gradient is not finite when called again on the same inputs")
+    noise = max((float(_change(g, again.get(n, torch.zeros_like(g)), fit=True)[0].max())
+                 for n, g in base.items()), default=0.0)
+    result.noise = noise
+    if noise > NOISY:
+        raise _Inconclusive(f"two identical calls gave gradients {_percent(noise)} apart: "
+                            "the loss is stateful or nondeterministic")
+    result.tolerance = max(result.tolerance, NOISE_FACTOR * noise)
+    result.max_change = 0.0
+    result.rescaled = False
+    worst = _worst(runs, base, calls.shapes, how, result)
+    if worst is None:
+        return None
+    split, mixed, coupling = worst
+    result.coupling, result.split = coupling, split
+    return mixed
+
+
+def _worst(runs: list, base: dict[str, torch.Tensor], shapes: dict[str, list[int]], how: Plan,
+           result: BatchCheck) -> tuple[Split, dict[str, torch.Tensor], Coupling] | None:
+    """The split and input whose untouched samples moved most beyond the tolerance, if any."""
+    tolerance = result.tolerance
+    worst = None
+    everyone = torch.arange(how.size)
+    for split, mixed, changed, grads in runs:
+        untouched = everyone[split.untouched]
+        for n, g0 in base.items():
+            g1 = grads.get(n, torch.zeros_like(g0))
+            change, factor = _change(g0[split.untouched], g1[split.untouched], fit=split.every_input)
+            if abs(factor - 1.0) > tolerance:
+                result.rescaled = True
+            top = float(change.max()) if change.numel() else 0.0
+            result.max_change = max(result.max_change, top)
+            moved = change > tolerance
+            if bool(moved.any()) and (worst is None or top > worst[2].change):
+                coupling = Coupling(n, shapes[n], split.indexes(how.size, split.perturbed),
+                                    changed, untouched[moved].tolist(), len(untouched),
+                                    int(untouched[int(change.argmax())]), top)
+                worst = (split, mixed, coupling)
+    return worst
+
+
+# -- where the samples mix -------------------------------------------------------------------
+
+SAME, CLEAN, OPAQUE, MIXED = "same", "clean", "opaque", "mixed"
+
+
+def _tensors(obj: Any) -> list[torch.Tensor]:
+    if isinstance(obj, torch.Tensor):
+        return [obj]
+    if isinstance(obj, (list, tuple)):
+        return [t for item in obj for t in _tensors(item)]
+    if isinstance(obj, dict):
+        return [t for item in obj.values() for t in _tensors(item)]
+    return []
+
+
+@dataclass
+class _Op:
+    name: str
+    location: Location | None
+    args: list[int]  # ids of the tensor arguments
+    outputs: list[torch.Tensor]  # detached copies
+    output_ids: list[int]
+
+
+class _Record(TorchFunctionMode):
+    """Record every torch call of one forward: its name, user line, arguments and outputs."""
+
+    def __init__(self, root: Path | None) -> None:
+        super().__init__()
+        self.root = root
+        self.ops: list[_Op] = []
+        self.elements = 0
+        self.keep: list[torch.Tensor] = []  # keeps ids unique while the record lives
+        self.full = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self.full:
+            return out
+        outs = _tensors(out)
+        if outs:
+            size = sum(t.numel() for t in outs)
+            self.elements += size
+            if self.elements > LOCATE_ELEMENTS:
+                self.full = True
+                return out
+            ins = _tensors(args) + _tensors(kwargs)
+            self.keep.extend(outs)
+            self.ops.append(_Op(op_name(func), _here(self.root), [id(t) for t in ins],
+                                [t.detach().clone() for t in outs], [id(t) for t in outs]))
+        return out
+
+
+def _here(root: Path | None) -> Location | None:
+    stack = traceback.extract_stack()
+    while stack and stack[-1].filename == __file__:
+        stack.pop()
+    return location_from([(f.filename, f.lineno, f.name) for f in stack], root)
+
+
+def _state(a: torch.Tensor, b: torch.Tensor, size: int, untouched: slice, fit: bool,
+           tolerance: float) -> str:
+    """How tensor `b` of the perturbed forward relates to `a` of the first: same, clean or mixed."""
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return MIXED
+    axes = [i for i, s in enumerate(a.shape) if s == size]
+    if a.is_floating_point() or a.is_complex():
+        x, y = a.cpu(), b.cpu()
+        if a.is_complex():
+            x, y = torch.view_as_real(x), torch.view_as_real(y)
+        x, y = x.double(), y.double()
+        if not x.numel() or not bool(torch.isfinite(x).all() and torch.isfinite(y).all()):
+            return SAME if torch.equal(x, y) else MIXED
+        scale = float(torch.maximum(x.abs().max(), y.abs().max()))
+        if float((x - y).abs().max()) <= tolerance * scale:
+            return SAME
+        for axis in axes:
+            change, _ = _change(_rows(x, axis)[untouched], _rows(y, axis)[untouched], fit)
+            if not change.numel() or float(change.max()) <= tolerance:
+                return CLEAN
+        return MIXED
+    if torch.equal(a, b):
+        return SAME
+    for axis in axes:
+        if torch.equal(a[_at(axis, untouched)], b[_at(axis, untouched)]):
+            return CLEAN
+    return MIXED
+
+
+def locate(calls: _Calls, first: dict[str, torch.Tensor], mixed: dict[str, torch.Tensor],
+           split: Split, how: Plan, tolerance: float,
+           root: Path | None) -> tuple[str, Location | None] | None:
+    """The op that combines samples along the dim, and its user line; None where none is clear.
+
+    Both forwards are recorded op by op; an op's output is `same` (unchanged), `clean` (changed
+    only in the re-drawn samples, along an axis of the dim's size), `mixed` (changed for untouched
+    samples too, or an aggregate that changed) or `opaque` (reshaped past recognition, from clean
+    values). The first mixed output that has an axis of the dim's size is where samples leak into
+    each other; where one of its arguments is itself a mixed aggregate, the op that made that
+    aggregate (walking back) is the one to change.
+    """
+    before, after = _Record(root), _Record(root)
+    calls(first, "when recorded", before)
+    calls(mixed, "when recorded", after)
+    if before.full or after.full:
+        return None
+    states: dict[int, tuple[str, int]] = {}  # id of a tensor of the second forward -> state, op
+    made: list[tuple[list[str], list[str]]] = []  # per op: argument states, output states
+    manifest = None
+    for i, (a, b) in enumerate(zip(before.ops, after.ops, strict=False)):
+        if a.name != b.name or [t.shape for t in a.outputs] != [t.shape for t in b.outputs]:
+            break  # the forwards took different paths: the ops no longer correspond
+        args = [states.get(t, (OPAQUE, -1))[0] for t in b.args]
+        outs = []
+        for x, y, tid in zip(a.outputs, b.outputs, b.output_ids, strict=True):
+            state = _state(x, y, how.size, split.untouched, split.every_input, tolerance)
+            if state == MIXED and how.size not in y.shape and MIXED not in args and _reshapes(b.name):
+                state = OPAQUE
+            states[tid] = (state, i)
+            outs.append(state)
+        made.append((args, outs))
+        if any(s == MIXED and how.size in y.shape for s, y in zip(outs, b.outputs, strict=True)):
+            manifest = i
+            break
+    ops = after.ops
+    if manifest is not None:
+        at = manifest
+        while MIXED in made[at][0]:  # an aggregate came in: who made it
+            arg = next(t for t, s in zip(ops[at].args, made[at][0], strict=True) if s == MIXED)
+            at = states[arg][1]
+        return ops[at].name, ops[at].location
+    # No per-sample tensor mixed in the forward: the coupling is in how reductions combine (a mean
+    # divided by a std). Take a reduction of clean values other than the last, normalisers first.
+    sources = [i for i, (args, outs) in enumerate(made) if MIXED in outs and MIXED not in args]
+    last = max((i for i, (_, outs) in enumerate(made) if MIXED in outs), default=None)
+    sources = [i for i in sources if i != last]
+    if not sources:
+        return None
+    preferred = [i for i in sources if ops[i].name.rpartition(".")[2].strip("_") in _NORMALISERS]
+    at = (preferred or sources)[0]
+    return ops[at].name, ops[at].location
+
+
+def _reshapes(name: str) -> bool:
+    """Ops that move elements without combining them: their outputs lose the sample axis."""
+    short = name.rpartition(".")[2]
+    return short in ("view", "reshape", "flatten", "unflatten", "permute", "transpose", "t", "T",
+                     "contiguous", "squeeze", "unsqueeze", "expand", "expand_as", "repeat",
+                     "__getitem__", "narrow", "select", "index_select", "gather", "take", "split",
+                     "chunk", "unbind", "cat", "stack", "clone", "to", "float", "double", "half",
+                     "movedim", "swapaxes", "view_as", "reshape_as", "ravel", "mT", "mH")
+
+
+def check_case(spec: CaseSpec, grads_of: GradsOf, root: Path,
+               compute_dtype: torch.dtype | None = None) -> BatchCheck:
+    """Check a case that declares `per_sample`, on its draw-0 inputs, with `grads_of` calling it."""
+    how = plan(spec)
+    dim = spec.per_sample or ""
+    if isinstance(how, str):
+        return BatchCheck(checked=False, dim=dim, size=spec.dims.get(dim, 0), reason=how)
+    try:
+        inputs = make_inputs(spec.inputs, spec.seed, spec.draw_name, 0, root)
+        fresh = make_inputs(spec.inputs, spec.seed, spec.draw_name + SALT, 0, root)
+    except Exception as exc:  # noqa: BLE001 - a factory that fails on another draw
+        return BatchCheck(checked=False, dim=dim, size=how.size,
+                          reason=f"cannot draw other samples: {type(exc).__name__}: {exc}")
+    return check(grads_of, inputs, fresh, how, compute_dtype, root)
+
