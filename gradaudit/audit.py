@@ -500,7 +500,10 @@ class CaseAudit:
         """Check that each sample's gradient depends on it alone, where no defect was found."""
         from gradaudit import batchmix
 
-        if self.result.status == "error" or not self.draws or any(f.severity == "fail" for f in self.findings):
+        if self.result.status == "error" or not self.draws:
+            return
+        if any(f.severity == "fail" for f in self.findings):
+            self.result.batch_independence = batchmix.not_run(self.spec, "the audit found a failure first")
             return
         seed = draw_seed(self.spec.seed, self.spec.draw_name, 0) ^ LOSS_RNG_SALT
 
@@ -510,7 +513,11 @@ class CaseAudit:
             with warnings.catch_warnings(), torch.random.fork_rng(
                     devices=[self.device] if self.device.type == "cuda" else []):
                 warnings.simplefilter("ignore")
-                torch.manual_seed(seed)
+                # The generators torch.manual_seed(seed) sets for this device, without its lazy
+                # seeding of CUDA, which formats a stack per call where CUDA is not initialised.
+                torch.random.default_generator.manual_seed(seed)
+                if self.device.type == "cuda":
+                    torch.cuda.manual_seed_all(seed)
                 with observe or contextlib.nullcontext():
                     loss = self._call(inputs)
                 loss = loss.sum() if loss.dim() else loss
