@@ -502,7 +502,10 @@ class CaseAudit:
 
         if self.result.status == "error" or not self.draws:
             return
-        if any(f.severity == "fail" for f in self.findings):
+        declared = set(self.spec.expect.no_grad)
+        if any(f.severity == "fail" for f in self.findings) or any(
+                t.verdict(self.draws) not in ("ok", "not-required") and t.name not in declared
+                for t in self.tracks.values()):
             self.result.batch_independence = batchmix.not_run(self.spec, "the audit found a failure first")
             return
         seed = draw_seed(self.spec.seed, self.spec.draw_name, 0) ^ LOSS_RNG_SALT

@@ -222,9 +222,11 @@ def _mix(inputs: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor], axes: 
          which: slice, names: list[str]) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The inputs with the samples `which` of the inputs `names` taken from `fresh`.
 
-    `fresh` holds at least as many samples as `which` selects; an input it lacks (a fixed
-    `value`), or whose fresh samples equal the old, has those samples rotated among themselves
-    instead. Returns the inputs and the names of those that changed.
+    `fresh` holds at least as many samples as `which` selects. An input it lacks (a fixed
+    `value`), or whose fresh samples equal the old, takes the next sample's values instead (the
+    last takes the first's): real samples, and the batch's statistics change, which a rotation
+    among the re-drawn samples alone would leave as they were. Returns the inputs and the names
+    of those that changed.
     """
     out = dict(inputs)
     changed = []
@@ -235,7 +237,7 @@ def _mix(inputs: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor], axes: 
         if name in fresh:
             y[at] = fresh[name].narrow(axes[name], 0, count)
         if torch.equal(y, x):
-            y[at] = x[at].roll(1, dims=axes[name])
+            y[at] = x.roll(-1, dims=axes[name])[at]
         if not torch.equal(y, x):
             out[name] = y
             changed.append(name)
@@ -574,7 +576,7 @@ def _reshapes(name: str) -> bool:
 def _redrawn(spec: CaseSpec, how: Plan) -> list:
     """The specs of the inputs that carry the dim, sized to the most samples a split re-draws.
 
-    A fixed `value` has no other draw; its samples are rotated instead (see `_mix`).
+    A fixed `value` has no other draw; it lends its other samples instead (see `_mix`).
     """
     most = max(len(split.indexes(how.size, split.perturbed)) for split in splits(how.size))
     return [dataclasses.replace(i, shape=[most if d == how.dim else n for n, d in zip(i.shape, i.shape_dims,

@@ -466,12 +466,12 @@ def _check_per_sample(dim: Any, dims: dict, inputs: dict, path: tuple, c: _Check
     if dim is None:
         return None
     if not isinstance(dim, str) or dim not in dims:
-        c.error(path, f"per_sample must name a dim of dims ({', '.join(map(str, dims)) or 'none defined'}), "
+        c.error(path, f"must name a dim of dims ({', '.join(map(str, dims)) or 'none defined'}), "
                 f"got {dim!r}{_suggest(dim, dims)}")
         return None
     shapes = [spec.get("shape") for spec in inputs.values() if isinstance(spec, dict)]
     if not any(isinstance(shape, list) and dim in shape for shape in shapes):
-        c.error(path, f"per_sample: no input's shape uses dim {dim!r}, so there are no samples to compare")
+        c.error(path, f"no input's shape uses dim {dim!r}, so there are no samples to compare")
         return None
     return dim
 
