@@ -248,7 +248,7 @@ _PRED = {"pred": Spec(shape=("B", 5)), "target": Spec(shape=("B", 5), requires_g
 @pytest.mark.parametrize("fn, inputs", [
     (losses.cross_entropy, _LOGITS), (losses.mse, _PRED), (losses.focal, _LOGITS),
     (losses.label_smoothed_ce, _LOGITS)], ids=["cross_entropy", "mse", "focal", "label_smoothed_ce"])
-@pytest.mark.parametrize("size", [2, 3, 64])
+@pytest.mark.parametrize("size", [2, 64])
 def test_no_false_alarm_over_100_seeds(fn, inputs, size):
     found = [_check(fn, inputs, size, seed) for seed in range(100)]
     checked = [f for f in found if f.checked]
@@ -318,3 +318,17 @@ def test_a_loss_that_raises_on_re_drawn_samples_is_inconclusive():
     found = _check(picky, _PRED, 4, 0)
     assert not found.checked
     assert found.reason.startswith("the loss raised ValueError with samples 2-3 re-drawn: only the first batch")
+
+
+def test_the_starter_config_shows_per_sample_and_it_works_uncommented(tmp_path, cli_invoke):
+    import json
+
+    path = tmp_path / "starter.yaml"
+    cli_invoke(["init", path])
+    text = path.read_text()
+    assert "    # per_sample: B " in text
+    path.write_text(text.replace("    # per_sample: B ", "    per_sample: B   "))
+    out = tmp_path / "out"
+    cli_invoke(["run", path, "-o", out, "--device", "cpu"])
+    result = by_case(json.loads((out / "results.json").read_text()))["cross_entropy"]
+    assert result["batch_independence"]["checked"] is True and result["status"] == "pass"
