@@ -209,6 +209,8 @@ def plan(spec: CaseSpec) -> Plan | str:
         if where:
             axes[inp.name] = where[0]
     graded = [i.name for i in spec.inputs if i.name in axes and i.requires_grad]
+    if any("complex" in i.dtype for i in spec.inputs if i.name in graded):
+        return "complex inputs are not checked"
     if not graded:
         return f"no input that carries {dim} requires grad: no per-sample gradient to compare"
     return Plan(dim, size, axes, graded)
@@ -245,8 +247,8 @@ def _mix(inputs: dict[str, torch.Tensor], fresh: dict[str, torch.Tensor], axes: 
 
 
 def _rows(t: torch.Tensor, axis: int) -> torch.Tensor:
-    """The tensor as one float64 row per sample of `axis`, on the CPU."""
-    t = t.detach().to("cpu", torch.float64)
+    """The tensor as one row per sample of `axis`, on the CPU (a view where it can be)."""
+    t = t.detach().cpu()
     return t.movedim(axis, 0).reshape(t.shape[axis], -1) if t.dim() else t.reshape(1, 1)
 
 
@@ -255,8 +257,8 @@ def _eps(*dtypes: torch.dtype | None) -> float:
 
 
 def _change(first: torch.Tensor, second: torch.Tensor, fit: bool) -> tuple[torch.Tensor, float]:
-    """Per row of two [samples, features] float64 tensors: how much the second moved, and the
-    common factor fitted first (1 where `fit` is false).
+    """Per row of two [samples, features] tensors: how much the second moved (in float64), and
+    the common factor fitted first (1 where `fit` is false).
 
     A sample's change is measured against its own gradient, or against the rows' root-mean-square
     gradient where its own is smaller: a sample near its optimum has a gradient made of terms that
@@ -264,7 +266,8 @@ def _change(first: torch.Tensor, second: torch.Tensor, fit: bool) -> tuple[torch
     """
     factor = 1.0
     if torch.equal(first, second):  # what a per-sample loss gives where nothing rescales
-        return torch.zeros(first.shape[0], dtype=first.dtype), factor
+        return torch.zeros(first.shape[0], dtype=torch.float64), factor
+    first, second = first.double(), second.double()
     if fit:
         denom = float(torch.dot(first.flatten(), first.flatten()))
         factor = float(torch.dot(first.flatten(), second.flatten())) / denom if denom > 0 else 1.0
@@ -278,9 +281,15 @@ def _change(first: torch.Tensor, second: torch.Tensor, fit: bool) -> tuple[torch
 
 
 def _finite(loss: torch.Tensor, rows: dict[str, torch.Tensor]) -> bool:
-    """Whether the loss and the float64 gradient rows are finite (one sum each where they are)."""
+    """Whether the loss and the gradients are finite (one norm each proves it where they are)."""
     return bool(torch.isfinite(loss).all()) and all(
-        bool(torch.isfinite(g.sum())) or bool(torch.isfinite(g).all()) for g in rows.values())
+        bool(torch.isfinite(torch.linalg.vector_norm(g))) or bool(torch.isfinite(g).all())
+        for g in rows.values() if g.numel())
+
+
+def _other(rows: dict[str, torch.Tensor], name: str, like: torch.Tensor) -> torch.Tensor:
+    """A later call's gradient rows of `name`; zeros where that call gave it no gradient."""
+    return rows[name] if name in rows else torch.zeros_like(like)
 
 
 class _Inconclusive(Exception):
@@ -378,7 +387,7 @@ def _judge(calls: _Calls, inputs: dict[str, torch.Tensor], fresh: dict[str, torc
     again = calls(inputs, "when called again")
     if again is None:
         raise _Inconclusive("the loss or a gradient is not finite when called again on the same inputs")
-    noise = max((float(_change(g, again.get(n, torch.zeros_like(g)), fit=True)[0].max())
+    noise = max((float(_change(g, _other(again, n, g), fit=True)[0].max())
                  for n, g in base.items()), default=0.0)
     result.noise = noise
     if noise > NOISY:
@@ -404,7 +413,7 @@ def _worst(runs: list, base: dict[str, torch.Tensor], shapes: dict[str, list[int
         untouched = everyone[split.untouched]
         tolerance = result.tolerances[split.name]
         for n, g0 in base.items():
-            g1 = grads.get(n, torch.zeros_like(g0))
+            g1 = _other(grads, n, g0)
             change, factor = _change(g0[split.untouched], g1[split.untouched], fit=split.every_input)
             if abs(factor - 1.0) > tolerance:
                 result.rescaled = True
@@ -434,42 +443,72 @@ def _tensors(obj: Any) -> list[torch.Tensor]:
     return []
 
 
-@dataclass
-class _Op:
-    name: str
-    location: Location | None
-    args: list[int]  # ids of the tensor arguments
-    outputs: list[torch.Tensor]  # detached copies
-    output_ids: list[int]
-
-
 class _Record(TorchFunctionMode):
-    """Record every torch call of one forward: its name, user line, arguments and outputs."""
+    """The first forward: every torch call's name and a copy of its outputs, up to a budget."""
 
-    def __init__(self, root: Path | None) -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.root = root
-        self.ops: list[_Op] = []
+        self.ops: list[tuple[str, list[torch.Tensor]]] = []
         self.elements = 0
-        self.keep: list[torch.Tensor] = []  # keeps ids unique while the record lives
         self.full = False
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        outs = _tensors(out)
+        if outs and not self.full:
+            self.elements += sum(t.numel() for t in outs)
+            self.full = self.elements > LOCATE_ELEMENTS
+            if not self.full:
+                self.ops.append((op_name(func), [t.detach().clone() for t in outs]))
+        return out
+
+
+class _Follow(TorchFunctionMode):
+    """The perturbed forward: each call's outputs judged against the first forward's, as they come.
+
+    An output is `same` (unchanged), `clean` (changed only in the re-drawn samples, along an axis
+    of the dim's size), `mixed` (changed for untouched samples too, or an aggregate that changed)
+    or `opaque` (reshaped past recognition, from clean values). Stops at the first mixed output
+    that has an axis of the dim's size: where samples leak into each other.
+    """
+
+    def __init__(self, before: _Record, size: int, split: Split, tolerance: float,
+                 root: Path | None) -> None:
+        super().__init__()
+        self.before, self.size, self.split, self.tolerance, self.root = before, size, split, tolerance, root
+        self.states: dict[int, tuple[str, int]] = {}  # id of a tensor -> its state, the op that made it
+        self.ops: list[tuple[str, Location | None, list[int], list[str]]] = []  # name, line, args, states
+        self.keep: list[torch.Tensor] = []  # keeps the ids in `states` unique while this lives
+        self.manifest: int | None = None
+        self.done = False
+        self.diverged = False  # the ops stopped corresponding (or the first record ended)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if self.full:
-            return out
         outs = _tensors(out)
-        if outs:
-            size = sum(t.numel() for t in outs)
-            self.elements += size
-            if self.elements > LOCATE_ELEMENTS:
-                self.full = True
-                return out
-            ins = _tensors(args) + _tensors(kwargs)
-            self.keep.extend(outs)
-            self.ops.append(_Op(op_name(func), _here(self.root), [id(t) for t in ins],
-                                [t.detach().clone() for t in outs], [id(t) for t in outs]))
+        if self.done or not outs:
+            return out
+        i = len(self.ops)
+        name = op_name(func)
+        if i >= len(self.before.ops) or self.before.ops[i][0] != name or \
+                [t.shape for t in self.before.ops[i][1]] != [t.shape for t in outs]:
+            self.done = self.diverged = True  # past the budget, or the forwards took different paths
+            return out
+        ins = [id(t) for t in _tensors(args) + _tensors(kwargs)]
+        arg_states = [self.states.get(t, (OPAQUE, -1))[0] for t in ins]
+        states = []
+        for a, b in zip(self.before.ops[i][1], outs, strict=True):
+            state = _state(a, b.detach(), self.size, self.split.untouched, self.split.every_input,
+                           self.tolerance)
+            if state == MIXED and self.size not in b.shape and MIXED not in arg_states and _reshapes(name):
+                state = OPAQUE
+            self.states[id(b)] = (state, i)
+            states.append(state)
+        self.keep.extend(outs)
+        self.ops.append((name, _here(self.root), ins, states))
+        if any(s == MIXED and self.size in b.shape for s, b in zip(states, outs, strict=True)):
+            self.manifest, self.done = i, True
         return out
 
 
@@ -485,24 +524,23 @@ def _state(a: torch.Tensor, b: torch.Tensor, size: int, untouched: slice, fit: b
     """How tensor `b` of the perturbed forward relates to `a` of the first: same, clean or mixed."""
     if a.shape != b.shape or a.dtype != b.dtype:
         return MIXED
+    if torch.equal(a, b):
+        return SAME
     axes = [i for i, s in enumerate(a.shape) if s == size]
     if a.is_floating_point() or a.is_complex():
         x, y = a.cpu(), b.cpu()
         if a.is_complex():
             x, y = torch.view_as_real(x), torch.view_as_real(y)
-        x, y = x.double(), y.double()
-        if not x.numel() or not bool(torch.isfinite(x).all() and torch.isfinite(y).all()):
-            return SAME if torch.equal(x, y) else MIXED
+        if not bool(torch.isfinite(x).all() and torch.isfinite(y).all()):
+            return MIXED
         scale = float(torch.maximum(x.abs().max(), y.abs().max()))
-        if float((x - y).abs().max()) <= tolerance * scale:
+        if float((x.double() - y.double()).abs().max()) <= tolerance * scale:
             return SAME
         for axis in axes:
             change, _ = _change(_rows(x, axis)[untouched], _rows(y, axis)[untouched], fit)
             if not change.numel() or float(change.max()) <= tolerance:
                 return CLEAN
         return MIXED
-    if torch.equal(a, b):
-        return SAME
     for axis in axes:
         if torch.equal(a[_at(axis, untouched)], b[_at(axis, untouched)]):
             return CLEAN
@@ -514,53 +552,37 @@ def locate(calls: _Calls, first: dict[str, torch.Tensor], mixed: dict[str, torch
            root: Path | None) -> tuple[str, Location | None] | None:
     """The op that combines samples along the dim, and its user line; None where none is clear.
 
-    Both forwards are recorded op by op; an op's output is `same` (unchanged), `clean` (changed
-    only in the re-drawn samples, along an axis of the dim's size), `mixed` (changed for untouched
-    samples too, or an aggregate that changed) or `opaque` (reshaped past recognition, from clean
-    values). The first mixed output that has an axis of the dim's size is where samples leak into
-    each other; where one of its arguments is itself a mixed aggregate, the op that made that
-    aggregate (walking back) is the one to change.
+    The first mixed output with an axis of the dim's size is where samples leak into each other;
+    where one of its arguments is itself a mixed aggregate, the op that made that aggregate
+    (walking back) is the one to change: the `mean(0)` of `x - x.mean(0)`.
     """
-    before, after = _Record(root), _Record(root)
+    before = _Record()
     calls(first, "when recorded", before)
+    after = _Follow(before, how.size, split, tolerance, root)
     calls(mixed, "when recorded", after)
-    if before.full or after.full:
-        return None
-    states: dict[int, tuple[str, int]] = {}  # id of a tensor of the second forward -> state, op
-    made: list[tuple[list[str], list[str]]] = []  # per op: argument states, output states
-    manifest = None
-    for i, (a, b) in enumerate(zip(before.ops, after.ops, strict=False)):
-        if a.name != b.name or [t.shape for t in a.outputs] != [t.shape for t in b.outputs]:
-            break  # the forwards took different paths: the ops no longer correspond
-        args = [states.get(t, (OPAQUE, -1))[0] for t in b.args]
-        outs = []
-        for x, y, tid in zip(a.outputs, b.outputs, b.output_ids, strict=True):
-            state = _state(x, y, how.size, split.untouched, split.every_input, tolerance)
-            if state == MIXED and how.size not in y.shape and MIXED not in args and _reshapes(b.name):
-                state = OPAQUE
-            states[tid] = (state, i)
-            outs.append(state)
-        made.append((args, outs))
-        if any(s == MIXED and how.size in y.shape for s, y in zip(outs, b.outputs, strict=True)):
-            manifest = i
-            break
     ops = after.ops
-    if manifest is not None:
-        at = manifest
-        while MIXED in made[at][0]:  # an aggregate came in: who made it
-            arg = next(t for t, s in zip(ops[at].args, made[at][0], strict=True) if s == MIXED)
-            at = states[arg][1]
-        return ops[at].name, ops[at].location
+    if after.manifest is not None:
+        at = after.manifest
+        while True:  # an aggregate came in: who made it (an earlier op: in-place ops keep their ids)
+            made_by = [op for state, op in (after.states.get(t, (OPAQUE, -1)) for t in ops[at][2])
+                       if state == MIXED and 0 <= op < at]
+            if not made_by:
+                return ops[at][0], ops[at][1]
+            at = made_by[0]
+    if before.full or after.diverged:
+        return None  # stopped early (the budget, or another path): what came after is unknown
     # No per-sample tensor mixed in the forward: the coupling is in how reductions combine (a mean
-    # divided by a std). Take a reduction of clean values other than the last, normalisers first.
-    sources = [i for i, (args, outs) in enumerate(made) if MIXED in outs and MIXED not in args]
-    last = max((i for i, (_, outs) in enumerate(made) if MIXED in outs), default=None)
+    # divided by a std). Take a reduction of unmixed values other than the last, normalisers first.
+    made = [(name, loc, [after.states.get(t, (OPAQUE, -1))[0] for t in args], outs)
+            for name, loc, args, outs in ops]
+    sources = [i for i, (_, _, args, outs) in enumerate(made) if MIXED in outs and MIXED not in args]
+    last = max((i for i, (_, _, _, outs) in enumerate(made) if MIXED in outs), default=None)
     sources = [i for i in sources if i != last]
     if not sources:
         return None
-    preferred = [i for i in sources if ops[i].name.rpartition(".")[2].strip("_") in _NORMALISERS]
+    preferred = [i for i in sources if made[i][0].rpartition(".")[2].strip("_") in _NORMALISERS]
     at = (preferred or sources)[0]
-    return ops[at].name, ops[at].location
+    return made[at][0], made[at][1]
 
 
 def _reshapes(name: str) -> bool:

@@ -332,3 +332,21 @@ def test_the_starter_config_shows_per_sample_and_it_works_uncommented(tmp_path, 
     cli_invoke(["run", path, "-o", out, "--device", "cpu"])
     result = by_case(json.loads((out / "results.json").read_text()))["cross_entropy"]
     assert result["batch_independence"]["checked"] is True and result["status"] == "pass"
+
+
+def test_the_dim_need_not_lead():
+    """Sequence-first [T, B, C]: B is axis 1 of every input; the samples are compared along it."""
+    inputs = {"logits": Spec(shape=(6, "B", 5)), "target": Spec(shape=(6, "B"), dtype="int64", init="randint",
+                                                                 high=5)}
+    ok = _check(losses.time_major_ce, inputs, 8, 0)
+    assert ok.checked and ok.coupling is None
+    broken = _check(losses.time_major_softmax_over_batch, inputs, 8, 0)
+    assert broken.coupling is not None and broken.coupling.shape == [6, 8, 5]
+    assert broken.op == "torch.log_softmax"
+    assert broken.location.line == _line("logp = torch.log_softmax(logits, dim=1)")
+
+
+def test_complex_inputs_are_not_checked():
+    spec = prepare(lambda z: z.abs().mean(), {"z": Spec(shape=("B", 3), dtype="complex64")}, dims={"B": 4},
+                   per_sample="B", devices=["cpu"])[0]
+    assert batchmix.plan(spec) == "complex inputs are not checked"

@@ -126,3 +126,13 @@ class LinearHead(torch.nn.Module):
 
     def forward(self, x, target):
         return F.cross_entropy(self.linear(x), target)
+
+
+def time_major_ce(logits, target):
+    """Sequence-first [T, B, C], as RNN and CTC code lays it out: B is axis 1."""
+    return F.cross_entropy(logits.flatten(0, 1), target.flatten())
+
+
+def time_major_softmax_over_batch(logits, target):
+    logp = torch.log_softmax(logits, dim=1)  # meant: dim=2; dim 1 is B here
+    return -logp.gather(2, target[..., None]).mean()
