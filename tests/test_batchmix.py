@@ -350,3 +350,24 @@ def test_complex_inputs_are_not_checked():
     spec = prepare(lambda z: z.abs().mean(), {"z": Spec(shape=("B", 3), dtype="complex64")}, dims={"B": 4},
                    per_sample="B", devices=["cpu"])[0]
     assert batchmix.plan(spec) == "complex inputs are not checked"
+
+
+def test_the_readme_section_example_runs(tmp_path):
+    """The Python block of the README's "Batch independence" section, as written."""
+    import os
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    section = text.split("## Batch independence: `per_sample`", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"^```python\n(.*?)^```$", section, re.M | re.S)
+    assert len(blocks) == 1
+    # A fresh process, as a reader runs it (this one has imported gradaudit.audit, the module).
+    script = tmp_path / "example.py"
+    script.write_text(blocks[0], encoding="utf-8")
+    proc = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
