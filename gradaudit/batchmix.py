@@ -387,13 +387,18 @@ def _judge(calls: _Calls, inputs: dict[str, torch.Tensor], fresh: dict[str, torc
     again = calls(inputs, "when called again")
     if again is None:
         raise _Inconclusive("the loss or a gradient is not finite when called again on the same inputs")
-    noise = max((float(_change(g, _other(again, n, g), fit=True)[0].max())
-                 for n, g in base.items()), default=0.0)
-    result.noise = noise
-    if noise > NOISY:
-        raise _Inconclusive(f"two identical calls gave gradients {_percent(noise)} apart: "
+    # Measured as each split compares (a loss that rescales itself per call is noise to the exact
+    # split only); a split whose noise is past NOISY cannot judge.
+    noise = {split.name: max(float(_change(g, _other(again, n, g), fit=split.every_input)[0].max())
+                             for n, g in base.items()) for split, *_ in runs}
+    result.noise = max(noise.values())
+    runs = [run for run in runs if noise[run[0].name] <= NOISY]
+    if not runs:
+        raise _Inconclusive(f"two identical calls gave gradients {_percent(result.noise)} apart: "
                             "the loss is stateful or nondeterministic")
-    result.tolerances = {k: max(v, NOISE_FACTOR * noise) for k, v in result.tolerances.items()}
+    result.tolerances = {k: max(v, NOISE_FACTOR * noise[k]) for k, v in result.tolerances.items()
+                         if k in {split.name for split, *_ in runs}}
+    result.splits = len(runs)
     result.changes = {}
     result.rescaled = False
     worst = _worst(runs, base, calls.shapes, how, result)

@@ -293,6 +293,25 @@ def test_a_loss_that_does_not_repeat_itself_is_inconclusive_not_a_failure():
     assert "two identical calls gave gradients" in found.reason and "stateful" in found.reason
 
 
+class _Decaying(torch.nn.Module):
+    """A loss that scales itself down on every call (a schedule kept in the loss): state, not mixing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scale = 1.0
+
+    def forward(self, pred, target):
+        out = torch.nn.functional.mse_loss(pred, target) * self.scale
+        self.scale *= 0.5
+        return out
+
+
+def test_a_loss_that_rescales_itself_per_call_is_judged_by_the_rescaled_split_only():
+    found = _check(_Decaying(), _PRED, 8, 0)
+    assert found.checked and found.coupling is None, found.summary()
+    assert found.splits == 1 and list(found.tolerances) == ["odd"] and found.noise > batchmix.NOISY
+
+
 def test_fixed_values_lend_their_other_samples_instead_of_re_drawing():
     """A `value` input has no other draw; rotating the re-drawn samples among themselves would keep
     the batch's sums (a softmax over B would not change): they take the next samples' values."""
