@@ -84,6 +84,8 @@ PER_SAMPLE = {
     "focal": (L.focal, logits_targets),
     "sigmoid focal / num_pos": (L.sigmoid_focal, binary),
     "GIoU": (L.giou, boxes),
+    "relu product [B,16] (prod's zero path)": (L.relu_product, lambda b: {
+        "x": Spec(shape=("B", 16)), "target": Spec(shape=("B",), requires_grad=False)}),
     "linear head + CE (module)": (L.LinearHead, features),
     "LayerNorm head (module)": (L.LayerNormHead, norm_inputs),
 }

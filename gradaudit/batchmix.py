@@ -45,11 +45,12 @@ if TYPE_CHECKING:
 
 # An untouched sample's gradient may move by this many ulps of its dtype (relative to its norm,
 # or the batch's typical norm where its own is smaller) before it counts as changed. Where only
-# graded inputs are re-drawn a per-sample loss repeats every untouched sample bit for bit
-# (EXACT_ULPS); where targets are re-drawn too, rescaling by a batch-wide count rounds by a few
-# ulps (the benchmark saw up to 6: TOL_ULPS leaves a margin of five).
-EXACT_ULPS = 1
-TOL_ULPS = 32
+# graded inputs are re-drawn a per-sample loss mostly repeats every untouched sample bit for bit,
+# but not always: prod's backward takes another formula for the whole batch once any sample has a
+# zero (up to 7 ulps apart, measured). Where targets are re-drawn too, rescaling by a batch-wide
+# count rounds by up to 9 ulps more (benchmarks/bench_batchmix.py). Both keep a margin of 2x-7x.
+EXACT_ULPS = 16
+TOL_ULPS = 64
 # Run-to-run noise (a nondeterministic kernel) widens the tolerance by this factor of it; noise
 # above NOISY (relative) makes the check inconclusive: the loss does not repeat itself.
 NOISE_FACTOR = 8

@@ -136,3 +136,8 @@ def time_major_ce(logits, target):
 def time_major_softmax_over_batch(logits, target):
     logp = torch.log_softmax(logits, dim=1)  # meant: dim=2; dim 1 is B here
     return -logp.gather(2, target[..., None]).mean()
+
+
+def relu_product(x, target):
+    """Per sample; prod's backward switches formula for the whole batch once any factor is zero."""
+    return ((torch.relu(x + 2.5).prod(dim=1) + 1).log() - target).abs().mean()
