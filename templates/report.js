@@ -29,6 +29,7 @@
   var laidOut = 0;      // how many of them are in the table
   var rowElements = {}; // row index -> its <tr>
   var opened = {};      // result index -> true while its details are open
+  var matching = [];    // result index -> whether it passes the filters and the search
   var current = -1;     // the cause card j/k last moved to
 
   // -- building blocks ---------------------------------------------------------------------------
@@ -234,6 +235,7 @@
     if (j < 0) { return add(td, el("span", "none", "not run")); }
     var r = results[j];
     td.setAttribute("data-status", r.key);
+    if (!matching[j]) { td.className = "cell off"; }  // in a shown row, but filtered out: dimmed
     var button = el("button", "badge st-" + r.key);
     button.type = "button";
     button.setAttribute("data-result", j);
@@ -348,12 +350,14 @@
       row.cells.forEach(function (j) {
         if (j < 0) { return; }
         var r = results[j];
+        matching[j] = false;
         if (statuses[r.key] !== true || (marks && marks[r.blkey] !== true) ||
             (state.cause >= 0 && r.cause !== state.cause)) { return; }
         if (words.length) {
           var text = searchText(r);
           for (var w = 0; w < words.length; w += 1) { if (text.indexOf(words[w]) === -1) { return; } }
         }
+        matching[j] = true;
         any = true;
         shown += 1;
       });
