@@ -23,7 +23,7 @@ import jinja2
 from markupsafe import Markup, escape
 
 from gradaudit import causes as causes_mod
-from gradaudit.baseline import FIXED, MARKS, NEW_CASE, NEW_FAILURE
+from gradaudit.baseline import FIXED
 from gradaudit.baseline import LABELS as BASELINE_LABELS
 from gradaudit.baseline import describe as describe_baseline
 from gradaudit.model import (
@@ -566,8 +566,7 @@ def build_view(results: RunResults) -> dict[str, Any]:
             "total": len(results.results), "devices": devices, "problems": PROBLEMS,
             "causes": [v.cause.title for v in views], "rows": rows, "results": items,
             "statusIcon": STATUS_ICON, "gradIcon": GRAD_ICON, "gradClass": GRAD_CLASS,
-            "baselineLabels": {**BASELINE_LABELS}, "marks": list(MARKS),
-            "newMarks": [NEW_FAILURE, NEW_CASE],
+            "baselineLabels": {**BASELINE_LABELS},
         },
     }
 
