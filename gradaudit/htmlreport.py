@@ -410,7 +410,9 @@ def result_data(result: CaseResult, anchor: str, cause: int) -> dict[str, Any]:
         data["loss"] = f"{_fmt_number(info.value)} ({info.dtype}{shape}, grad_fn {info.grad_fn or 'None'})"
     if result.reproduce:
         data["reproduce"] = result.reproduce
-    facts = [("loss", result.loss_ref), ("module", result.group), ("seed", str(result.seed)),
+    # The module, where the loss reference does not already say it (`losses.ratio:ratio_loss`).
+    module = "" if result.loss_ref.startswith(f"{result.group}:") else result.group
+    facts = [("loss", result.loss_ref), ("module", module), ("seed", str(result.seed)),
              ("draws", str(result.draws or "")), ("time", _duration(result.duration_s))]
     if result.gradcheck:
         facts.append(("gradcheck", gradcheck_text(result.gradcheck)))
