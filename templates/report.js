@@ -377,6 +377,7 @@
     showing.textContent = shown === data.total ? "Showing all " + data.total + " results"
       : "Showing " + shown + " of " + data.total + " results";
     pill.hidden = state.cause < 0;
+    watch();
     if (state.cause >= 0) { document.getElementById("cause-name").textContent = data.causes[state.cause]; }
   }
   function setChips(statuses) {
@@ -416,10 +417,13 @@
   document.getElementById("cause-clear").addEventListener("click", function () { state.cause = -1; apply(); });
   search.addEventListener("input", apply);
   moreButton.addEventListener("click", layOutMore);
-  if (window.IntersectionObserver) {
-    new IntersectionObserver(function (entries) {
-      if (entries.some(function (e) { return e.isIntersecting; }) && !more.hidden) { layOutMore(); }
-    }, {rootMargin: "800px 0px"}).observe(more);
+  // More rows as the end of the table comes near; watched afresh after each filter, so a short
+  // result that leaves the end in view still gets its next page.
+  var observer = window.IntersectionObserver ? new IntersectionObserver(function (entries) {
+    if (entries.some(function (e) { return e.isIntersecting; }) && !more.hidden) { layOutMore(); }
+  }, {rootMargin: "800px 0px"}) : null;
+  function watch() {
+    if (observer) { observer.unobserve(more); observer.observe(more); }
   }
   Array.prototype.forEach.call(document.querySelectorAll("[data-cause-filter]"), function (button) {
     button.addEventListener("click", function () {
@@ -473,6 +477,12 @@
     var position = visible.indexOf(rowOf[j]);
     if (position === -1) {
       showAll();
+      position = visible.indexOf(rowOf[j]);
+    }
+    if (position >= laidOut + 3 * PAGE) {
+      // Far down a big table: show its case alone rather than lay out thousands of rows above it.
+      search.value = results[j].case;
+      apply();
       position = visible.indexOf(rowOf[j]);
     }
     while (laidOut <= position) { layOutMore(); }

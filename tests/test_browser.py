@@ -263,6 +263,13 @@ def test_a_nightly_is_light_and_stays_interactive(browser, nightly_pages, size, 
         assert facts["nodes"] <= 15_000
     # Whatever the size, the page at load holds the header, the problems and one page of the table.
     assert page.locator("#rows tr.case-row").count() == 100 and not page.locator("#rows .body").count()
+    # A link to the last result opens it without laying out the thousands of rows above it.
+    last = page.evaluate("JSON.parse(document.getElementById('gradaudit-data').textContent).results.at(-1)")
+    page.evaluate(f"window.location.hash = '#{last['anchor']}'")
+    body = page.locator(f"#{last['anchor']}")
+    body.wait_for()
+    assert body.is_visible() and last["case"] in body.inner_text()
+    assert page.locator("#rows tr.case-row").count() <= 100 and page.input_value("#search") == last["case"]
     view.close()
 
 
