@@ -61,7 +61,7 @@ def measure(browser, path: Path) -> dict[str, float | None]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     start = time.perf_counter()
-    page.goto(path.resolve().as_uri(), wait_until="load")
+    page.goto(path.resolve().as_uri(), wait_until="load", timeout=300_000)
     wall = time.perf_counter() - start
     facts = page.evaluate(COUNT)
     # The search box grew a new id in the report of issue 13; older pages have #search too.
