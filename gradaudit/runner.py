@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from gradaudit import __version__
+from gradaudit._version import __version__
 from gradaudit.config import CaseSpec, Config
 from gradaudit.errors import UsageError
 from gradaudit.jobs import audit_context, skipped
