@@ -30,7 +30,7 @@ import torch
 from gradaudit import explain, witnesses
 from gradaudit.config import CaseSpec
 from gradaudit.devices import AUTOCAST_DTYPE, CONTEXT, MIXED, OOM, DeviceLayer, classify, current, format_bytes
-from gradaudit.draws import DrawLoop, DrawRecord
+from gradaudit.draws import DrawLoop, DrawRecord, Observer
 from gradaudit.inputs import torch_dtype
 from gradaudit.loading import group_of
 from gradaudit.losscall import DrawOutcome, LoadError, LossCall, load_loss
@@ -46,9 +46,9 @@ class AuditContext:
 
     root: Path
     config_display: str = "config.yaml"
-    # Observers of the draws (`draws.Observer`: the tracer); one with `take()` hands over a trace
-    # that `explain.explain_trace` explains.
-    observers: list[Any] = field(default_factory=list)
+    # Observers of the draws (the tracer); one with `take()` hands over a trace that
+    # `explain.explain_trace` explains.
+    observers: list[Observer] = field(default_factory=list)
     # The DeviceLayer to use; None: gradaudit.devices.current() (tests inject a fake).
     devices: DeviceLayer | None = None
 
@@ -261,7 +261,8 @@ class CaseAudit:
         failing_draw = record.draws  # a backward that failed stopped the draws at this one
         facts = explain.TraceFacts(
             root=self.ctx.root, declared=declared, module=call.module if call else None,
-            dead={n: ~t.ever_nonzero for n, t in record.tracks.items() if t.ever_nonzero is not None},
+            dead={f.input: ~record.tracks[f.input].ever_nonzero for f in findings
+                  if f.id == "partial-grad" and f.input in record.tracks},
             conflict=self._witness(witnesses.version_conflict, call, failing_draw)
             if "inplace-version-conflict" in ids else None)
         for obs in self.ctx.observers:
