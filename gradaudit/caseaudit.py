@@ -36,6 +36,7 @@ from gradaudit.loading import group_of
 from gradaudit.losscall import DrawOutcome, LoadError, LossCall, load_loss
 from gradaudit.model import CaseResult, ErrorInfo, Finding, status_of
 from gradaudit.parity import compare_draw, tolerances
+from gradaudit.tracks import StopRule
 
 _T = TypeVar("_T")
 
@@ -78,6 +79,7 @@ class CaseAudit:
         self.findings: list[Finding] = []
         self.call: LossCall | None = None
         self.record = DrawRecord()
+        self.rule = StopRule(self.record.tracks, spec)
 
     # -- the steps of one audit -------------------------------------------------------------
     def run(self) -> CaseResult:
@@ -112,8 +114,9 @@ class CaseAudit:
         return True
 
     def _draws(self) -> None:
-        observers = self.ctx.observers
-        self.record = DrawLoop(self.call, self.spec, observers, keep_first=self.parity).run()
+        loop = DrawLoop(self.call, self.spec, self.ctx.observers, keep_first=self.parity)
+        self.rule = loop.rule
+        self.record = loop.run()
         self.result.warnings = list(self.record.warnings)
         self.result.loss = self.record.loss.info
         self.findings += explain.loss_findings(self.record.loss)
@@ -247,6 +250,7 @@ class CaseAudit:
         ids = {f.id for f in findings}
         declared = set(self.spec.expect.no_grad)
         if record.draws and not ids & {"loss-error", "loss-no-grad"}:
+            self.rule.settle(record.draws)
             nan_draw = record.nonfinite_grad_draw
             nan_witness = None
             if nan_draw is not None and "loss-nonfinite" not in ids:
@@ -261,7 +265,7 @@ class CaseAudit:
         failing_draw = record.draws  # a backward that failed stopped the draws at this one
         facts = explain.TraceFacts(
             root=self.ctx.root, declared=declared, module=call.module if call else None,
-            dead={f.input: ~record.tracks[f.input].ever_nonzero for f in findings
+            dead={f.input: record.tracks[f.input].pattern for f in findings
                   if f.id == "partial-grad" and f.input in record.tracks},
             conflict=self._witness(witnesses.version_conflict, call, failing_draw)
             if "inplace-version-conflict" in ids else None)

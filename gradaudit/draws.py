@@ -1,7 +1,7 @@
 """The draw loop: call the loss on fresh draws until the tracks have said enough; record what it did.
 
 Each draw goes through the case's `LossCall` with the observers' contexts around it (the tracer
-of the first draw); its gradients feed one `Track` per audited tensor, and `wants_more_draws`
+of the first draw); its gradients feed one `Track` per audited tensor, and the case's `StopRule`
 says when to stop. What the loss returned and how a draw failed are recorded as plain facts in a
 `DrawRecord`; the explanations turn them into findings.
 """
@@ -19,7 +19,7 @@ import torch
 from gradaudit.config import CaseSpec
 from gradaudit.losscall import DrawInputs, DrawOutcome, LossCall
 from gradaudit.model import LossInfo
-from gradaudit.tracks import MAX_DRAWS, Track, wants_more_draws
+from gradaudit.tracks import MAX_DRAWS, StopRule, Track
 
 
 class Observer(Protocol):
@@ -84,13 +84,13 @@ class DrawLoop:
         self.observers = observers
         self.keep_first = keep_first  # keep draw 0's loss and gradients for a parity check
         self.record = DrawRecord(tracks=tracks_of(call))
+        self.rule = StopRule(self.record.tracks, spec)
 
     def run(self) -> DrawRecord:
-        declared = set(self.spec.expect.no_grad)
         record = self.record
         while self.one(record.draws):
             record.draws += 1
-            if not wants_more_draws(record.tracks, record.draws, self.spec.repeats, declared):
+            if not self.rule.wants_more(record.draws):
                 break
         return record
 

@@ -168,9 +168,10 @@ def input_findings(tracks: dict[str, Track], draws: int, declared: set[str], los
             found.append(finding("zero-grad", f"{shape} gets a gradient that is zero everywhere, "
                                  f"in all {draws} draws", input=name))
         elif verdict == "partial":
-            text, _ = describe_dead(~track.ever_nonzero, name)
+            pattern = track.pattern
+            text, _ = describe_dead(pattern, name)
             found.append(finding("partial-grad", f"{text} never receives a gradient "
-                                 f"({track.dead} of {track.ever_nonzero.numel()} elements, {draws} draws)",
+                                 f"({int(pattern.sum())} of {pattern.numel()} elements, {draws} draws)",
                                  input=name))
         elif verdict == "nonfinite" and not loss_nonfinite:  # else the loss's finding says it
             node = nan_witness.node if nan_witness and not nonfinite_located else None
@@ -279,7 +280,7 @@ class TraceFacts:
 
     root: Path
     declared: set[str] = field(default_factory=set)  # expect.no_grad
-    dead: dict[str, torch.Tensor] = field(default_factory=dict)  # input -> elements that never got a gradient
+    dead: dict[str, torch.Tensor] = field(default_factory=dict)  # input -> its zero pattern (partial-grad)
     module: torch.nn.Module | None = None
     conflict: Conflict | None = None  # the version-conflict witness's record
 

@@ -1,8 +1,9 @@
 """What the draws say about each audited tensor's gradient, and when they have said enough.
 
 The zero-pattern decision lives here and only here: `Track.false_alarm_odds` / `confirmed` /
-`verdict` judge one tensor, `wants_more_draws` says whether another draw could still decide
-something. The draw loop and the orchestrator only ask these.
+`verdict` / `pattern` judge one tensor; `StopRule` holds the case-wide part: whether another
+draw could still decide something (`wants_more`), and the last word before the verdicts are read
+(`settle`). The draw loop and the orchestrator only ask these.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gradaudit.config import CaseSpec
 from gradaudit.model import InputResult
 from gradaudit.shapes import fold_map
 
@@ -84,6 +86,11 @@ class Track:
     def confirmed(self) -> bool:
         return self.false_alarm_odds() < FALSE_ALARM
 
+    @property
+    def pattern(self) -> torch.Tensor:
+        """The elements of its zero pattern: those that never got a gradient."""
+        return ~self.ever_nonzero
+
     def verdict(self, draws: int) -> str:
         if not self.requires_grad:
             return "not-required"
@@ -112,17 +119,28 @@ class Track:
         return result
 
 
-def wants_more_draws(tracks: dict[str, Track], draws: int, repeats: int, declared: set[str]) -> bool:
-    """Draw again until every suspected zero pattern is confirmed or ruled out."""
-    if draws < repeats:
-        return True
-    if draws >= MAX_DRAWS:
-        return False
-    for track in tracks.values():
-        if not track.requires_grad or track.name in declared or track.nonfinite:
-            continue
-        if track.none_draws == track.draws or not track.dead:
-            continue
-        if not track.confirmed:
+class StopRule:
+    """The case-wide decision on the zero patterns of a case's tracks."""
+
+    def __init__(self, tracks: dict[str, Track], spec: CaseSpec) -> None:
+        self.tracks = tracks
+        self.repeats = spec.repeats
+        self.declared = set(spec.expect.no_grad)
+
+    def wants_more(self, draws: int) -> bool:
+        """Draw again until every suspected zero pattern is confirmed or ruled out."""
+        if draws < self.repeats:
             return True
-    return False
+        if draws >= MAX_DRAWS:
+            return False
+        for track in self.tracks.values():
+            if not track.requires_grad or track.name in self.declared or track.nonfinite:
+                continue
+            if track.none_draws == track.draws or not track.dead:
+                continue
+            if not track.confirmed:
+                return True
+        return False
+
+    def settle(self, draws: int) -> None:
+        """Make the decision final before the verdicts are read (each track decides on its own today)."""

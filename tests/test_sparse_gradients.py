@@ -91,11 +91,11 @@ def test_structural_column_is_named(specs):
 
 def test_two_fixed_draws_would_have_flagged_them(specs, monkeypatch):
     """The control: without the adaptive confirmation these losses do get flagged."""
-    from gradaudit import draws, tracks
+    from gradaudit import tracks
 
     cases, ctx = specs
     monkeypatch.setattr(tracks.Track, "confirmed", property(lambda self: True))
-    monkeypatch.setattr(draws, "wants_more_draws", lambda tracks, done, repeats, declared: done < repeats)
+    monkeypatch.setattr(tracks.StopRule, "wants_more", lambda self, done: done < self.repeats)
     flagged = sum(r.status != "pass" for name in ("label_smoothed_ce", "masked_steps")
                   for r in _statuses(cases[name], ctx).values())
     assert flagged >= len(SEEDS)
