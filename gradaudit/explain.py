@@ -325,13 +325,13 @@ class _TraceExplanation:
         declared = self.facts.declared
         explained: dict[int, list[Finding]] = {}
 
-        def blame(finding: Finding, candidates: list[Record]) -> None:
+        def blame(target: Finding, candidates: list[Record]) -> None:
             # The surest cuts explain it (a detach beside a mask: the detach, not the mask).
             if candidates:
                 surest = min(BREAK_RANK[r.why] for r in candidates)
                 for rec in candidates:
                     if BREAK_RANK[rec.why] == surest:
-                        explained.setdefault(rec.id, []).append(finding)
+                        explained.setdefault(rec.id, []).append(target)
 
         for f in failing:
             blame(f, [r for r in breaks if f.input in self.lost_names(r) and (on_path is None or r.id in on_path)])
