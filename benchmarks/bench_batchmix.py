@@ -27,7 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gradaudit import batchmix  # noqa: E402
 from gradaudit.api import Spec, prepare  # noqa: E402
+from gradaudit.devices import current  # noqa: E402
 from gradaudit.inputs import make_inputs, to_device  # noqa: E402
+from gradaudit.losscall import load_loss  # noqa: E402
 from tests.losses import batch_mixing as L  # noqa: E402
 
 C = 5
@@ -101,52 +103,19 @@ MIXING = {
 
 
 class Case:
-    """One loss at one batch size and dtype: its spec per seed, its callable, a grads_of."""
+    """One loss at one batch size and dtype, loaded as the audit loads it; its check per seed."""
 
     def __init__(self, fn, inputs, b: int, dtype: str, device: str = "cpu") -> None:
         self.fn, self.inputs, self.b, self.dtype = fn, inputs, b, dtype
-        self.device = torch.device(device)
-        self.module = None
-        if isinstance(fn, type):
-            torch.manual_seed(0)
-            self.module = fn().to(self.device, dtype=getattr(torch, dtype))
+        self.device = device
 
-    def spec(self, seed: int):
-        return prepare(self.fn, self.inputs(self.b), dims={"B": self.b}, per_sample="B", seed=seed,
-                       dtype=self.dtype, devices=["cpu"])[0]
+    def load(self, seed: int):
+        spec = prepare(self.fn, self.inputs(self.b), dims={"B": self.b}, per_sample="B", seed=seed,
+                       dtype=self.dtype, devices=[self.device])[0]
+        return load_loss(spec, self.device, Path.cwd(), current())
 
-    def call(self, *args):
-        return (self.module or self.fn)(*args)
-
-    def grads_of(self, seed: int):
-        """The loss call as the audit makes it (seeded, loss summed, grads of the inputs)."""
-        from gradaudit.audit import LOSS_RNG_SALT
-        from gradaudit.inputs import draw_seed
-
-        spec = self.spec(seed)
-        loss_seed = draw_seed(spec.seed, spec.draw_name, 0) ^ LOSS_RNG_SALT
-
-        def grads_of(cpu, observe=None):
-            inputs = to_device(cpu, spec.inputs, self.device)
-            with torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else []):
-                torch.random.default_generator.manual_seed(loss_seed)
-                if self.device.type == "cuda":
-                    torch.cuda.manual_seed_all(loss_seed)
-                with observe or _null():
-                    loss = self.call(*inputs.values())
-                leaves = {k: v for k, v in inputs.items() if v.requires_grad}
-                grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-            return loss.detach(), dict(zip(leaves, grads, strict=True))
-
-        return spec, grads_of
-
-
-class _null:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
+    def check(self, seed: int) -> batchmix.BatchCheck:
+        return batchmix.check_call(self.load(seed))
 
 
 def sweep(table: dict, sizes: list[int], seeds: int, dtypes: list[str], root: Path,
@@ -160,8 +129,7 @@ def sweep(table: dict, sizes: list[int], seeds: int, dtypes: list[str], root: Pa
                 fails, checked, changes, ratios, reasons = 0, 0, [], [], set()
                 per_split: dict[str, float] = {}
                 for seed in range(seeds):
-                    spec, grads_of = case.grads_of(seed)
-                    found = batchmix.check_case(spec, grads_of, root)
+                    found = case.check(seed)
                     if not found.checked:
                         reasons.add(found.reason)
                         continue
@@ -188,20 +156,19 @@ def cost(root: Path, repeats: int, device: str) -> list[tuple[str, float, float,
              ("label-smoothed CE 1024x100", L.label_smoothed_ce, lambda b: logits_targets(b, 100), 1024)]
     out = []
     for name, fn, inputs, b in cases:
-        case = Case(fn, inputs, b, "float32", device)
-        spec, grads_of = case.grads_of(0)
-        cpu = make_inputs(spec.inputs, spec.seed, spec.draw_name, 0, root)
+        call = Case(fn, inputs, b, "float32", device).load(0)
+        cpu = make_inputs(call.specs, call.spec.seed, call.spec.draw_name, 0, root)
         bare, checks = [], []
         for _ in range(repeats):
-            live = to_device(cpu, spec.inputs, case.device)
-            _sync(case.device)
+            live = to_device(cpu, call.specs, call.device)
+            _sync(call.device)
             t0 = time.perf_counter()
-            case.call(*live.values()).backward()
-            _sync(case.device)
+            call.fn(*live.values()).backward()
+            _sync(call.device)
             bare.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
-            batchmix.check_case(spec, grads_of, root)
-            _sync(case.device)
+            batchmix.check_call(call)
+            _sync(call.device)
             checks.append(time.perf_counter() - t0)
         b_med, c_med = statistics.median(bare), statistics.median(checks)
         out.append((name, b_med, c_med, c_med / b_med))

@@ -24,6 +24,7 @@ that made the aggregate (the `mean(0)` of `x - x.mean(0)`).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import traceback
 from collections.abc import Callable
@@ -35,13 +36,15 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.overrides import TorchFunctionMode
 
+from gradaudit.findings import default_severity
 from gradaudit.frames import location_from
-from gradaudit.inputs import make_inputs
-from gradaudit.model import Location
+from gradaudit.inputs import make_inputs, torch_dtype
+from gradaudit.model import Finding, Location
 from gradaudit.opscan import op_name
 
 if TYPE_CHECKING:
     from gradaudit.config import CaseSpec
+    from gradaudit.losscall import LossCall
 
 # An untouched sample's gradient may move by this many ulps of its dtype (relative to its norm,
 # or the batch's typical norm where its own is smaller) before it counts as changed. Where only
@@ -163,6 +166,12 @@ class BatchCheck:
         if self.op:
             text += f"; {self.op} combines samples along {self.dim}"
         return text
+
+    def finding(self) -> Finding:
+        """The batch-mixing finding, located at the op that combines the samples."""
+        assert self.coupling is not None
+        return Finding(id="batch-mixing", severity=default_severity("batch-mixing"), message=self.message(),
+                       input=self.coupling.input, location=self.location, detail=self.detail())
 
     def detail(self) -> dict[str, Any]:
         """The finding's plain-data detail."""
@@ -610,6 +619,30 @@ def _redrawn(spec: CaseSpec, how: Plan) -> list:
     return [dataclasses.replace(i, shape=[most if d == how.dim else n for n, d in zip(i.shape, i.shape_dims,
                                                                                        strict=True)])
             for i in spec.inputs if i.name in how.axes and i.init != "value"]
+
+
+def grads_of(call: LossCall, draw: int = 0) -> GradsOf:
+    """The loss call of the check: inputs placed as draw `draw` places them, its seeding and
+    autocast, the loss as picked (summed where not a scalar), the inputs' gradients."""
+    def run(cpu: dict[str, torch.Tensor], observe: AbstractContextManager | None = None):
+        # A copy per call: a loss that edits its targets in place must not edit the next call's.
+        inputs = call.place({name: t.clone() for name, t in cpu.items()})
+        with observe if observe is not None else contextlib.nullcontext():
+            value = call.invoke(inputs.received, draw)
+        if not isinstance(value, torch.Tensor) or not value.requires_grad:
+            raise TypeError(f"the loss returned {type(value).__name__} without a gradient")
+        loss = value if value.dim() == 0 and value.numel() == 1 else value.sum()
+        names = [s.name for s in call.specs if s.name in inputs.leaves]
+        grads = torch.autograd.grad(loss, [inputs.leaves[n] for n in names], allow_unused=True)
+        return loss.detach(), dict(zip(names, grads, strict=True))
+
+    return run
+
+
+def check_call(call: LossCall) -> BatchCheck:
+    """Check a loaded case that declares `per_sample`, on draw 0, through its loss call."""
+    compute = torch_dtype(call.autocast) if call.autocast else None
+    return check_case(call.spec, grads_of(call), call.root, compute)
 
 
 def not_run(spec: CaseSpec, why: str) -> dict[str, Any]:

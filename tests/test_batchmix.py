@@ -13,8 +13,8 @@ import torch
 
 from gradaudit import Spec, audit, batchmix
 from gradaudit.api import prepare
-from gradaudit.audit import LOSS_RNG_SALT
-from gradaudit.inputs import draw_seed, to_device
+from gradaudit.devices import current
+from gradaudit.losscall import load_loss
 from tests.conftest import LOSSES, by_case, finding_ids
 from tests.losses import batch_mixing as losses
 
@@ -215,29 +215,10 @@ def test_the_check_does_not_run_after_a_failure():
 
 # -- the check itself, over many seeds -----------------------------------------------------------
 
-def _grads_of(fn, spec):
-    """The loss call of the audit's hook: the draw's seeding, the loss summed, grads of the inputs."""
-    seed = draw_seed(spec.seed, spec.draw_name, 0) ^ LOSS_RNG_SALT
-
-    def grads_of(cpu, observe=None):
-        inputs = to_device(cpu, spec.inputs, torch.device("cpu"))
-        with torch.random.fork_rng(devices=[]):
-            torch.random.default_generator.manual_seed(seed)
-            if observe is not None:
-                with observe:
-                    loss = fn(*inputs.values())
-            else:
-                loss = fn(*inputs.values())
-            leaves = {k: v for k, v in inputs.items() if v.requires_grad}
-            grads = torch.autograd.grad(loss, list(leaves.values()), allow_unused=True)
-        return loss.detach(), dict(zip(leaves, grads, strict=True))
-
-    return grads_of
-
-
 def _check(fn, inputs: dict, size: int, seed: int, **dims) -> batchmix.BatchCheck:
+    """The check on a case loaded as the audit loads it (through its loss call)."""
     spec = prepare(fn, inputs, dims={"B": size, **dims}, per_sample="B", seed=seed, devices=["cpu"])[0]
-    return batchmix.check_case(spec, _grads_of(fn, spec), Path.cwd())
+    return batchmix.check_call(load_loss(spec, "cpu", Path.cwd(), current()))
 
 
 _LOGITS = {"logits": Spec(shape=("B", 5)), "target": Spec(shape=("B",), dtype="int64", init="randint", high=5)}
