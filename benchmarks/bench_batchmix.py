@@ -110,8 +110,9 @@ class Case:
         self.device = device
 
     def load(self, seed: int):
+        # A one-entry precision matrix casts a module loss's parameters too.
         spec = prepare(self.fn, self.inputs(self.b), dims={"B": self.b}, per_sample="B", seed=seed,
-                       dtype=self.dtype, devices=[self.device])[0]
+                       dtypes=[self.dtype], devices=[self.device])[0]
         return load_loss(spec, self.device, Path.cwd(), current())
 
     def check(self, seed: int) -> batchmix.BatchCheck:
