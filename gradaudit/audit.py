@@ -200,7 +200,8 @@ class CaseAudit:
         self.autocast = AUTOCAST_DTYPE.get(device.partition(":")[0], "float16") if spec.autocast else None
         # A non-CPU audit compares with the CPU where the run audits this case on the CPU too;
         # `first` keeps the first draw's loss and gradients (on the CPU) for that.
-        self.parity = device != "cpu" and "cpu" in spec.devices
+        # (A compiled entry compares with eager on its own device instead; see gradaudit.compiled.)
+        self.parity = device != "cpu" and "cpu" in spec.devices and not spec.compile
         self.first: tuple[torch.Tensor, dict[str, torch.Tensor | None]] | None = None
         self.free_memory = False
         self.nonfinite_draw = 0
@@ -218,6 +219,7 @@ class CaseAudit:
         self.params: dict[str, torch.Tensor] = {}
         self.anomaly_error: str | None = None
         self.picked: str | None = None  # where in the returned value the loss tensor was
+        self.compiled: Any = None  # the CompiledLoss of a `case[compile=BACKEND]` entry
 
     # -- the parts of one audit -------------------------------------------------------------
     def run(self) -> CaseResult:
@@ -225,8 +227,11 @@ class CaseAudit:
         try:
             if self._device_ready() and self._load():
                 self._draws()
-                if self.spec.gradcheck:
+                if self.spec.gradcheck and self.compiled is None:
                     self._gradcheck()
+                elif self.spec.gradcheck:
+                    self.result.gradcheck = {"skipped": "a compiled entry is compared with eager; "
+                                                        "gradcheck runs on the eager entry"}
                 if self.parity and self.first is not None and self.result.status != "error":
                     self._compare_with_cpu()
         except Exception as exc:
@@ -280,6 +285,21 @@ class CaseAudit:
         if max(self.spec.repeats, MAX_DRAWS) > 255:
             for track in self.tracks.values():
                 track.count_dtype = torch.int32
+        return self._compile_loss() if self.spec.compile else True
+
+    def _compile_loss(self) -> bool:
+        """A compiled entry audits the loss under torch.compile (compiled on its first call)."""
+        from gradaudit.compiled import CompiledLoss, UnknownBackend
+
+        dtypes = [i.dtype for i in self.spec.inputs] + ([self.autocast] if self.autocast else [])
+        dtypes += [str(p.dtype).removeprefix("torch.") for p in self.params.values()]
+        try:
+            self.compiled = CompiledLoss(self.fn, self.spec.compile, [i.name for i in self.spec.inputs],
+                                         self.params, self.ctx.root, self.spec.rtol, self.spec.atol, dtypes)
+        except UnknownBackend as exc:
+            self._error(exc, "cannot compile")
+            return False
+        self.fn = self.compiled
         return True
 
     def _inputs(self, draw: int) -> dict[str, torch.Tensor] | None:
@@ -354,6 +374,8 @@ class CaseAudit:
             torch.manual_seed(draw_seed(self.spec.seed, self.spec.draw_name, self.draws) ^ LOSS_RNG_SALT)
             for cm in contexts:
                 stack.enter_context(cm)
+            if self.compiled is not None:
+                self.compiled.start_draw(self.draws)
             try:
                 loss = self._forward(inputs)
             except _ForwardError as wrapped:
@@ -382,6 +404,8 @@ class CaseAudit:
                     self._backward_failed(exc)
                 return False
         by_name = {name: leaf.grad for name, leaf in leaves.items()}
+        if self.compiled is not None:
+            self.compiled.end_draw(self.draws, loss, by_name)
         if self.parity and self.draws == 0:
             self.first = (loss.detach().cpu(),
                           {n: g.detach().cpu() if g is not None else None for n, g in by_name.items()})
@@ -710,6 +734,8 @@ class CaseAudit:
             for obs in self.ctx.observers:
                 obs.explain(self)
             self._explain_nonfinite()
+            if self.compiled is not None:
+                self.findings = self.compiled.review(self.findings)
             ignored = set(self.spec.expect.ignore)
             findings = [f for f in self.findings if f.id not in ignored]
             findings.sort(key=lambda f: -f.rank)
@@ -726,6 +752,8 @@ class CaseAudit:
                     result.status = "fail"
         if self.draws or result.loss is not None:
             result.inputs = [t.to_result(self.draws) for t in self.tracks.values()]
+        if self.compiled is not None:
+            result.compile = self.compiled.info()
         result.summary_line = summary_line(result)
         return result
 

@@ -101,6 +101,16 @@ def exit_code_of(results, fail_on: str = "fail") -> int:
     return EXIT_OK
 
 
+def _backends(names: list[str] | None) -> list[str]:
+    """The --compile backends, checked for form; whether they are registered is the audit's to say."""
+    from gradaudit.config import BACKEND_RE
+
+    for name in names or []:
+        if not BACKEND_RE.match(name):
+            raise UsageError(f"--compile {name!r}: not a torch.compile backend name (e.g. inductor, aot_eager)")
+    return list(dict.fromkeys(names or []))
+
+
 def _fail(exc: GradauditError) -> None:
     err_console.print(f"error: {exc}", markup=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
@@ -132,6 +142,9 @@ def run(
     = FailOn.fail,
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds per case and device.")]
     = None,
+    compile_backends: Annotated[Optional[list[str]], typer.Option(
+        "--compile", metavar="BACKEND", help="Also audit every case under torch.compile with this backend "
+        "(repeatable), as case[compile=BACKEND], instead of the config's compile lists.")] = None,
     no_isolate: Annotated[bool, typer.Option("--no-isolate", help="Run in this process, one job at a time "
                                              "(debugging; a crash ends the run).")]
     = False,
@@ -156,7 +169,7 @@ def run(
         old = read_baseline(baseline, fail_on.value)
         options = RunOptions(case_globs=case or [], devices=device or [], seed=seed, timeout=timeout,
                              command=shlex.join(["gradaudit", *sys.argv[1:]]), jobs=jobs, shard=shard,
-                             isolate=not no_isolate)
+                             isolate=not no_isolate, compile=_backends(compile_backends))
         # In-process, a crash kills gradaudit itself: keep results.json current before each job.
         checkpoint = (lambda partial: write_reports(partial, output, json_path, None, html=False,
                                                     announce=None)) if no_isolate else None

@@ -6,6 +6,8 @@ raised together as one ConfigError, so a user fixes them in one pass. No torch h
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import difflib
 import hashlib
 import itertools
@@ -74,6 +76,8 @@ class CaseSpec:
     gradcheck_elements: int = 64
     autocast: bool = False  # run the forward under torch.autocast for the device
     max_memory_mb: int | None = None
+    # The torch.compile backend this entry audits the loss under; None: the eager loss.
+    compile: str | None = None
     # Settings added by later features that have no field yet: name -> value.
     extra: dict[str, Any] = field(default_factory=dict)
     line: int = 0  # where the case starts in the config, for messages
@@ -84,8 +88,9 @@ class CaseSpec:
     @property
     def draw_name(self) -> str:
         """The name that seeds the input draws: the case name without its precision axes, so
-        `case[dtype=float16]` audits the float32 draws of `case[dtype=float32]`, rounded."""
-        dims = [f"{d}={v}" for d, v in self.matrix.items() if d not in ("dtype", "autocast")]
+        `case[dtype=float16]` audits the float32 draws of `case[dtype=float32]`, rounded, and
+        `case[compile=inductor]` the draws of `case`."""
+        dims = [f"{d}={v}" for d, v in self.matrix.items() if d not in ("dtype", "autocast", "compile")]
         if len(dims) == len(self.matrix):
             return self.name
         return self.base_name + (f"[{','.join(dims)}]" if dims else "")
@@ -335,9 +340,10 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
         c.typed(merged.get(key, {}), "map", _origin(defaults, case, path, key))
     dims_raw = merged.get("dims", {}) if isinstance(merged.get("dims", {}), dict) else {}
     for dim, value in dims_raw.items():
-        if (dim == "dtype" and settings.get("dtypes")) or (dim == "autocast" and settings.get("autocast")):
+        if (dim == "dtype" and settings.get("dtypes")) or (dim == "autocast" and settings.get("autocast")) \
+                or (dim == "compile" and settings.get("compile")):
             c.error(_origin(defaults, case, path, "dims") + (dim,),
-                    f"dim {dim!r} clashes with the precision matrix's {dim!r} axis: rename the dim")
+                    f"dim {dim!r} clashes with the matrix's {dim!r} axis: rename the dim")
         values = value if isinstance(value, list) else [value]
         if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
             c.error(_origin(defaults, case, path, "dims") + (dim,),
@@ -377,7 +383,7 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
         full_name = name + (("[" + ",".join(f"{d}={v}" for d, v in matrix.items()) + "]")
                             if matrix else "")
         extra = {k: settings[k] for k in EXTRA_SETTINGS if k in settings}
-        specs.append(CaseSpec(
+        eager = CaseSpec(
             name=full_name, base_name=name, loss=loss, inputs=inputs,
             init_kwargs=dict(merged.get("init_kwargs") or {}), kwargs=dict(merged.get("kwargs") or {}),
             dims=dims, matrix=matrix, expect=expect,
@@ -387,8 +393,48 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
             gradcheck=settings["gradcheck"], gradcheck_elements=settings["gradcheck_elements"],
             autocast=matrix.get("autocast") == "on", max_memory_mb=settings["max_memory_mb"], extra=extra,
             line=(c.marks.value.get(path).line + 1) if c.marks.value.get(path) else 0,
-        ))
+        )
+        specs.append(eager)
+        specs.extend(compiled_entry(eager, backend) for backend in compile_backends(settings.get("compile")))
     return specs
+
+
+def compile_backends(value: Any) -> list[str]:
+    """The backends a checked `compile` value names: `true` is `[inductor]`."""
+    if value is True:
+        return ["inductor"]
+    return list(value) if isinstance(value, list) else []
+
+
+def compiled_entry(eager: CaseSpec, backend: str) -> CaseSpec:
+    """The entry `case[...,compile=BACKEND]` beside an eager entry: the same case and draws."""
+    matrix = {**eager.matrix, "compile": backend}
+    name = eager.base_name + "[" + ",".join(f"{d}={v}" for d, v in matrix.items()) + "]"
+    return dataclasses.replace(eager, name=name, matrix=matrix, compile=backend,
+                               inputs=copy.deepcopy(eager.inputs), expect=copy.deepcopy(eager.expect))
+
+
+BACKEND_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+def _check_compile(value: Any, where: tuple, c: _Checker) -> None:
+    """`compile`: true, false or a list of backend names. Whether a name is registered is known only
+    after the loss module is imported (it may register its own), so the audit checks that."""
+    if isinstance(value, bool) or value is None:
+        return
+    if not isinstance(value, list):
+        c.error(where, f"compile must be true, false or a list of torch.compile backends such as "
+                f"[aot_eager, inductor], got {value!r}")
+        return
+    if not value:
+        c.error(where, "compile is empty: list torch.compile backends, e.g. [aot_eager, inductor], or "
+                "drop the key")
+    for i, name in enumerate(value):
+        if not isinstance(name, str) or not BACKEND_RE.match(name):
+            c.error(where + (i,), f"backend {name!r} must be a torch.compile backend name such as "
+                    "inductor or aot_eager", on_key=False)
+        elif value.index(name) != i:
+            c.error(where + (i,), f"backend {name!r} is listed twice", on_key=False)
 
 
 DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+|mps)$")
@@ -426,6 +472,8 @@ def _check_settings(settings: dict, defaults: dict, case: dict, path: tuple, c: 
             c.error(_origin(defaults, case, path, key), f"{key} must not be negative")
     if isinstance(settings.get("max_memory_mb"), int) and settings["max_memory_mb"] < 1:
         c.error(_origin(defaults, case, path, "max_memory_mb"), "max_memory_mb must be at least 1")
+    if "compile" in settings:
+        _check_compile(settings["compile"], _origin(defaults, case, path, "compile"), c)
     if settings.get("timeout") == 0:
         c.error(_origin(defaults, case, path, "timeout"), "timeout must be positive")
 

@@ -38,6 +38,8 @@ class RunOptions:
     # True: audit in worker processes (what `gradaudit run` does unless --no-isolate). False, the
     # library default: in this process, where a caller's injected device layer or live loss lives.
     isolate: bool = False
+    # --compile: torch.compile backends to audit every case under, in place of the config's lists.
+    compile: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -55,6 +57,11 @@ class Job:
 def select_jobs(config: Config, options: RunOptions) -> list[Job]:
     """Expand the config into case x device jobs, in config order, applying the options."""
     specs = config.cases
+    if options.compile:
+        from gradaudit.config import compiled_entry
+
+        eager = [s for s in specs if s.compile is None]
+        specs = [e for s in eager for e in [s, *(compiled_entry(s, b) for b in options.compile)]]
     if options.case_globs:
         specs = [s for s in specs if any(fnmatch.fnmatchcase(s.name, g) or fnmatch.fnmatchcase(s.base_name, g)
                                          for g in options.case_globs)]
