@@ -209,7 +209,7 @@ class CaseAudit:
             case=spec.name, device=device, status="pass", seed=spec.seed, loss_ref=spec.loss,
             group=group_of(spec.loss),
             reproduce=(f"gradaudit run {shlex.quote(ctx.config_display)} --case {shlex.quote(spec.name)}"
-                       f" --device {device}"),
+                       f" --device {device}" + (f" --compile {shlex.quote(spec.compile)}" if spec.compile else "")),
         )
         self.findings: list[Finding] = []
         self.tracks: dict[str, _Track] = {}
@@ -754,6 +754,7 @@ class CaseAudit:
             result.inputs = [t.to_result(self.draws) for t in self.tracks.values()]
         if self.compiled is not None:
             result.compile = self.compiled.info()
+            result.warnings += self.compiled.notes()
         result.summary_line = summary_line(result)
         return result
 

@@ -372,6 +372,14 @@ class CompiledLoss:
                         detail={"backend": self.backend, "stage": stage,
                                 **({"exception": type(cause).__name__} if cause is not None else {})})
 
+    def notes(self) -> list[str]:
+        """What a reader of the entry must know: a comparison skipped, graph breaks not listed."""
+        notes = [f"gradaudit: {self.not_compared}"] if self.not_compared else []
+        if self.explain_error:
+            notes.append(f"gradaudit: could not list the graph breaks (torch._dynamo.explain raised "
+                         f"{self.explain_error})")
+        return notes
+
     def info(self) -> dict[str, Any]:
         """The `compile` block of the entry's results.json."""
         data: dict[str, Any] = {

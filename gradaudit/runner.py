@@ -63,8 +63,9 @@ def select_jobs(config: Config, options: RunOptions) -> list[Job]:
         eager = [s for s in specs if s.compile is None]
         specs = [e for s in eager for e in [s, *(compiled_entry(s, b) for b in options.compile)]]
     if options.case_globs:
-        specs = [s for s in specs if any(fnmatch.fnmatchcase(s.name, g) or fnmatch.fnmatchcase(s.base_name, g)
-                                         for g in options.case_globs)]
+        # An exact name first: `case[B=1]` is also a glob whose brackets match one character.
+        specs = [s for s in specs if any(s.name == g or fnmatch.fnmatchcase(s.name, g)
+                                         or fnmatch.fnmatchcase(s.base_name, g) for g in options.case_globs)]
         if not specs:
             raise UsageError(f"--case {' '.join(options.case_globs)} matches no case in "
                              f"{config.display_path}; cases are: "
@@ -92,7 +93,8 @@ def skipped(spec: CaseSpec, device: str, reason: str, config_display: str) -> Ca
                       loss_ref=spec.loss, group=spec.loss.rpartition(":")[0],
                       skip_reason=reason, summary_line=reason,
                       reproduce=f"gradaudit run {shlex.quote(config_display)} --case "
-                                f"{shlex.quote(spec.name)} --device {device}")
+                                f"{shlex.quote(spec.name)} --device {device}"
+                                + (f" --compile {shlex.quote(spec.compile)}" if spec.compile else ""))
 
 
 def audit_context(root: Path, config_display: str):
