@@ -6,7 +6,7 @@
 # Installs this checkout without touching its dependencies, runs the CUDA-marked tests, and audits
 # the sample configs on cpu and cuda. Writes at most 8 files, all directly in $OUT:
 #   summary.txt        machine, torch, each step's exit code and time, and what differed cpu vs cuda
-#   pytest.log         python -m pytest -m cuda
+#   pytest.log         python -m pytest -m cuda (then tests/test_compile.py's: Inductor on CUDA)
 #   runs.log           the install and the three gradaudit runs
 #   <sample>.json      results.json of each run (seed_examples, torch_losses, precision)
 #   reports.tar.gz     the three HTML report folders
@@ -80,12 +80,19 @@ fi
 
 # The CUDA tests: only the files that have some, so a test file that needs what this image lacks
 # (a browser, xdist) cannot break the collection.
-mapfile -t CUDA_TESTS < <(grep -l "mark.cuda" tests/test_*.py 2>/dev/null)
+mapfile -t CUDA_TESTS < <(grep -l "mark.cuda" tests/test_*.py 2>/dev/null | grep -v "tests/test_compile.py")
 if [[ ${#CUDA_TESTS[@]} -gt 0 ]]; then
   step "pytest -m cuda" "0" "$OUT/pytest.log" 150 \
     "$PY" -m pytest -m cuda -q -rs -p no:cacheprovider "${CUDA_TESTS[@]}"
 else
   STEPS+=("pytest -m cuda               no test file has a cuda mark: skipped")
+fi
+
+# torch.compile on CUDA (Inductor generates Triton kernels): its own step, since the compiles take
+# a while; results land in pytest.log too.
+if [[ -f tests/test_compile.py ]]; then
+  step "pytest -m cuda compile" "0" "$OUT/pytest.log" 420 \
+    "$PY" -m pytest -m cuda -q -rs -p no:cacheprovider tests/test_compile.py
 fi
 
 # Exit 0 or 1 means the run finished and wrote its report (1: some case failed); 2+ is broken.

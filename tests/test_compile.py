@@ -448,3 +448,16 @@ def test_inductor_on_cuda_passes_correct_losses_and_catches_a_zero_backward():
     run = audit(compile_faults.squared_error, inputs=pair, devices=["cuda"], compile=["zero_backward"])
     compiled = next(r for r in run.results if r.case.endswith("[compile=zero_backward]"))
     assert [f.input for f in compiled.findings if f.id == "compile-mismatch"] == ["pred"]
+
+
+def test_validate_names_an_unknown_backend_after_importing_the_losses(tmp_path, cli_invoke):
+    path = _write(tmp_path, f"""\
+        - name: mse
+          loss: compile_faults:squared_error
+          compile: [zero_backward, zero_backwards]
+          inputs: {PAIR}
+        """)
+    result = cli_invoke(["validate", path], exit_code=1)
+    assert "case 'mse': compile: unknown torch.compile backend 'zero_backwards' (did you mean " \
+           "'zero_backward'?)" in result.output
+    assert "'zero_backward';" not in result.output.replace("did you mean 'zero_backward'?", "")
