@@ -8,11 +8,11 @@
 #   summary.txt        machine, torch, each step's exit code and time, and what differed cpu vs cuda
 #   pytest.log         python -m pytest -m cuda (then tests/test_compile.py's: Inductor on CUDA)
 #   runs.log           the install and the three gradaudit runs
-#   <sample>.json      results.json of each run (seed_examples, torch_losses, precision)
-#   reports.tar.gz     the three HTML report folders
+#   <sample>.json      results.json of each run (seed_examples, torch_losses, precision, compile_examples)
+#   reports.tar.gz     the HTML report folders
 # Every step runs even when an earlier one fails; the exit code is 1 if any step broke.
 # Knobs (for testing this script on a CPU machine): PYTHON, GPU_CHECK_INSTALL=0,
-# GPU_CHECK_SAMPLES (default: "seed_examples torch_losses precision").
+# GPU_CHECK_SAMPLES (default: "seed_examples torch_losses precision compile_examples").
 set -u
 
 cd "$(dirname "$0")/.."
@@ -96,13 +96,15 @@ if [[ -f tests/test_compile.py ]]; then
 fi
 
 # Exit 0 or 1 means the run finished and wrote its report (1: some case failed); 2+ is broken.
-for sample in ${GPU_CHECK_SAMPLES:-seed_examples torch_losses precision}; do
+for sample in ${GPU_CHECK_SAMPLES:-seed_examples torch_losses precision compile_examples}; do
   config="sample_configs/$sample.yaml"
   if [[ ! -f $config ]]; then
     STEPS+=("$(printf '%-28s %s' "run $sample" "missing $config: skipped")")
     continue
   fi
-  step "run $sample" "0 1" "$RUNS_LOG" 90 "$PY" -m gradaudit run "$config" -o "$WORK/$sample" \
+  limit=90
+  [[ $sample == compile_examples ]] && limit=420  # Inductor compiles, on cpu and on cuda (Triton)
+  step "run $sample" "0 1" "$RUNS_LOG" "$limit" "$PY" -m gradaudit run "$config" -o "$WORK/$sample" \
     --json "$OUT/$sample.json" --device cpu --device cuda --jobs 4
 done
 
@@ -148,6 +150,12 @@ for path in sorted(out.glob("*.json")):
         if cuda["status"] in ("error", "crash", "timeout"):
             message = (cuda.get("error") or {}).get("message", "")
             differ.append(f"  {case}: cuda {cuda['status']}: {message[:300]}")
+    for r in doc["results"]:  # compiled entries on the GPU: what Inductor/Triton cost and did
+        c = r.get("compile")
+        if c and r["device"] != "cpu" and r["status"] != "skip":
+            print(f"  compiled {r['case']} [{r['device']}]: {r['status']}, compile_s {c.get('compile_s')}, "
+                  f"{c.get('compared_draws')} draws compared with eager"
+                  + (f", not compared: {c['not_compared']}" if c.get("not_compared") else ""))
     if differ:
         print("\n".join(differ))
     else:
