@@ -10,11 +10,12 @@ compiled ones, with the case's tolerances raised for low precision as CPU-vs-dev
   reset first, so an entry never reuses (or runs out of) another entry's compiled code.
 - Before compiling, `torch._dynamo.explain` traces the eager function once: its graph breaks
   become `compile-graph-break` findings at the user's line.
-- gradaudit's tracer and witnesses are TorchFunctionModes, which dynamo cannot run a compiled
-  function under. Under such a mode the eager function runs under it (so the trace and the
-  explanations are the eager code's, at the user's lines) and the compiled function then runs with
-  the modes set aside, from the same random state; the compiled result is returned, carrying the
-  trace's tag of the eager one.
+- gradaudit's tracer is a TorchFunctionMode, which dynamo cannot run compiled code under. In the
+  traced draw the eager function (the draw's reference) runs under it, so the trace and the
+  explanations are the eager code's, at the user's lines; the compiled function then runs with
+  the modes set aside, from the same random state, and its result, carrying the trace's tag of
+  the eager one, is what the audit judges. Witnesses that re-run a draw to explain a finding (calls
+  outside `start_draw`) run the eager function.
 - Randomness: the first eager call notes every aten op tagged `nondeterministic_seeded` (dropout's
   bernoulli, rand, randn, randperm, multinomial). `eager` and `aot_eager` run those ops as eager
   does, so draws match; Inductor is compiled with `fallback_random=True` where the loss draws
@@ -22,7 +23,8 @@ compiled ones, with the case's tolerances raised for low precision as CPU-vs-dev
   first draw's loss equals eager's; otherwise the comparison is skipped and results.json says why.
 - A compiled run that raises where the eager run of the same draw does not is `compile-error`;
   where eager raises too, the finding is eager's (`loss-error`, `backward-error`), as in the eager
-  entry.
+  entry. Compiling traces the backward, so it can raise what only eager's backward raises (a
+  version-counter conflict): then the entry audits the eager loss and reports eager's failure.
 """
 
 from __future__ import annotations
@@ -189,6 +191,8 @@ class CompiledLoss:
         self.compared_draws = 0
         self.mismatches: dict[str, tuple[int, Mismatch, float, float]] = {}
         self.failure: CompileFailure | None = None
+        self.eager_failed: str | None = None  # a draw where eager raised and the compiled loss did not
+        self.like_eager: str | None = None  # compiling raised what eager's backward raises
         self._armed = False
         self._draw = 0
         self._pending: _Reference | None = None
@@ -208,8 +212,11 @@ class CompiledLoss:
         if ref is None or not self.compare:
             return
         ref.settle()
-        if ref.result is None:
-            return  # eager's own failure: the eager entry reports it
+        if ref.result is None:  # eager's own failure: the eager entry reports it
+            if self.eager_failed is None:
+                self.eager_failed = (f"the eager loss raised {type(ref.error).__name__} in the {ref.stage} of "
+                                     f"draw {draw} where the compiled one did not: {_first_line(str(ref.error))}")
+            return
         got = (loss.detach(), {n: g.detach() if g is not None else None for n, g in grads.items()})
         if draw == 0 and self.random and self.backend not in FAITHFUL_RANDOM:
             rtol, atol = self._tolerances(got[0])
@@ -226,30 +233,29 @@ class CompiledLoss:
 
     # -- the call ---------------------------------------------------------------------------
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        armed, self._armed = self._armed, False
+        if not self._armed or self.like_eager:
+            # A witness re-running a draw to explain a finding: the eager code explains it (and a
+            # loss whose compile fails as its eager backward does is audited as eager).
+            return self.eager(*args, **kwargs)
+        self._armed = False
         traced = torch._C._len_torch_function_stack() > 0
         devices = _cuda_indexes(args, kwargs, self.params)
         first = self.compiled is None
-        eager_out = None
-        ran_eager = False
-        if armed or traced or first:
-            # The eager run: the draw's reference, what the modes see, the random ops. The random
-            # state is restored after it, so the compiled run draws from the same state.
-            with torch.random.fork_rng(devices=devices):
-                detector = _RandomOps(self.root) if first else None
-                try:
-                    with detector if detector is not None else contextlib.nullcontext():
-                        eager_out = self.eager(*args, **kwargs)  # an exception here is eager's finding
-                except Exception:
-                    if detector is None:
-                        raise
-                    detector = None
-                    eager_out = self.eager(*args, **kwargs)  # again, for a traceback without the detector
-                ran_eager = True
-            if detector is not None:
-                self.random = detector.hits
-            if armed:
-                self._pending = _Reference(out=eager_out, leaves=self._leaves(args))
+        # The eager run: the draw's reference, what the tracer sees, the random ops. The random
+        # state is restored after it, so the compiled run draws from the same state.
+        with torch.random.fork_rng(devices=devices):
+            detector = _RandomOps(self.root) if first else None
+            try:
+                with detector if detector is not None else contextlib.nullcontext():
+                    eager_out = self.eager(*args, **kwargs)  # an exception here is eager's finding
+            except Exception:
+                if detector is None:
+                    raise
+                detector = None
+                eager_out = self.eager(*args, **kwargs)  # again, for a traceback without the detector
+        if detector is not None:
+            self.random = detector.hits
+        self._pending = _Reference(out=eager_out, leaves=self._leaves(args))
         with _modes_aside() as modes:
             if first:
                 self._explain(args, kwargs, devices)
@@ -260,13 +266,17 @@ class CompiledLoss:
                     self.compile_s = time.perf_counter() - started
                     self._backward_started = time.perf_counter()
             except Exception as exc:
-                if not ran_eager:
-                    with torch.random.fork_rng(devices=devices):
-                        self.eager(*args, **kwargs)  # raises: then it is eager's finding
                 compiling = isinstance(exc, torch._dynamo.exc.TorchDynamoException)
+                self._pending.settle()
+                if self._pending.error is not None and self._pending.stage == "backward":
+                    # Compiling traces the backward too: it raised what eager's backward raises.
+                    self.like_eager = (f"torch.compile raised {type(exc).__name__} as the eager loss's "
+                                       f"backward does ({_first_line(str(self._pending.error), 160)}): "
+                                       "the entry reports the eager failure")
+                    return self.eager(*args, **kwargs)
                 self.failure = CompileFailure("compile" if compiling else "forward", self.backend, exc)
                 raise self.failure from exc
-            if traced and eager_out is not None:
+            if traced:
                 _carry_tags(modes, eager_out, out)
         return out
 
@@ -375,6 +385,10 @@ class CompiledLoss:
     def notes(self) -> list[str]:
         """What a reader of the entry must know: a comparison skipped, graph breaks not listed."""
         notes = [f"gradaudit: {self.not_compared}"] if self.not_compared else []
+        if self.eager_failed:
+            notes.append(f"gradaudit: {self.eager_failed}; that draw is not compared")
+        if self.like_eager:
+            notes.append(f"gradaudit: {self.like_eager}")
         if self.explain_error:
             notes.append(f"gradaudit: could not list the graph breaks (torch._dynamo.explain raised "
                          f"{self.explain_error})")
@@ -396,6 +410,10 @@ class CompiledLoss:
             data["fallback_random"] = self.fallback_random
         if self.not_compared:
             data["not_compared"] = self.not_compared
+        if self.eager_failed:
+            data["eager_failed"] = self.eager_failed
+        if self.like_eager:
+            data["like_eager"] = self.like_eager
         if self.explain_error:
             data["explain_error"] = self.explain_error
         return data

@@ -176,6 +176,14 @@ CASES = f"""\
   loss: compile_faults:detached_ratio
   compile: [aot_eager]
   inputs: {{pred: {{shape: [8, 2]}}, target: {{shape: [8], requires_grad: false}}}}
+- name: inplace
+  loss: spine:sigmoid_then_inplace
+  compile: [aot_eager]
+  inputs: {{x: {{shape: [4, 3]}}}}
+- name: sqrt_at_zero
+  loss: spine:sqrt_at_zero
+  compile: [aot_eager]
+  inputs: {{x: {{shape: [4, 3]}}}}
 """
 
 
@@ -339,6 +347,21 @@ def test_explanations_come_from_the_eager_code(compiled_run):
     for e, c in zip(eager["findings"], compiled["findings"], strict=True):
         assert c["message"] == e["message"] and c["location"] == e["location"]
     assert compiled["findings"][0]["location"]["line"] == _line("b = pred[:, 1].detach()")
+
+
+@pytest.mark.parametrize("case", ["inplace", "sqrt_at_zero"])
+def test_a_defect_of_the_eager_code_reads_the_same_in_the_compiled_entry(compiled_run, case):
+    """A version conflict (which compiling already raises: it traces the backward) and a NaN
+    gradient are the eager code's: the compiled entry reports and locates them as eager does."""
+    _, results, _ = compiled_run
+    eager, compiled = results[case], results[f"{case}[compile=aot_eager]"]
+    assert eager["status"] == compiled["status"] == "fail"
+    assert finding_ids(compiled) == finding_ids(eager), (compiled["findings"], eager["findings"])
+    assert not {"compile-error", "compile-mismatch"} & set(finding_ids(compiled))
+    for e, c in zip(eager["findings"], compiled["findings"], strict=True):
+        assert c["message"] == e["message"] and c["location"] == e["location"]
+    if case == "inplace":
+        assert "as the eager loss's backward does" in compiled["compile"]["like_eager"]
 
 
 def test_compiled_entries_render_like_other_matrix_entries(compiled_run):
