@@ -194,14 +194,13 @@ class CompiledLoss:
         self.eager_failed: str | None = None  # a draw where eager raised and the compiled loss did not
         self.like_eager: str | None = None  # compiling raised what eager's backward raises
         self._armed = False
-        self._draw = 0
         self._pending: _Reference | None = None
         self._backward_started: float | None = None
 
     # -- the audit's hooks ------------------------------------------------------------------
     def start_draw(self, draw: int) -> None:
         """The next call is verdict draw `draw`: run the eager loss beside it."""
-        self._armed, self._draw, self._pending = True, draw, None
+        self._armed, self._pending = not self.like_eager, None
 
     def end_draw(self, draw: int, loss: torch.Tensor, grads: dict[str, torch.Tensor | None]) -> None:
         """Compare draw `draw`'s compiled loss and gradients with the eager ones."""
