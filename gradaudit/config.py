@@ -343,7 +343,8 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
         if (dim == "dtype" and settings.get("dtypes")) or (dim == "autocast" and settings.get("autocast")) \
                 or (dim == "compile" and settings.get("compile")):
             c.error(_origin(defaults, case, path, "dims") + (dim,),
-                    f"dim {dim!r} clashes with the matrix's {dim!r} axis: rename the dim")
+                    f"dim {dim!r} clashes with the {'compile' if dim == 'compile' else 'precision'} "
+                    f"matrix's {dim!r} axis: rename the dim")
         values = value if isinstance(value, list) else [value]
         if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
             c.error(_origin(defaults, case, path, "dims") + (dim,),

@@ -105,7 +105,7 @@ def test_a_dim_named_compile_clashes(tmp_path):
           compile: [aot_eager]
           inputs: {PAIR}
         """)
-    with pytest.raises(ConfigError, match="dim 'compile' clashes with the matrix's 'compile' axis"):
+    with pytest.raises(ConfigError, match="dim 'compile' clashes with the compile matrix's 'compile' axis"):
         load_config(path)
 
 
