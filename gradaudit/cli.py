@@ -20,6 +20,7 @@ from gradaudit.errors import GradauditError, UsageError
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_NOTHING_AUDITED = 5  # every result is skip (pytest's "no tests ran" code): a gate must not pass on that
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -86,10 +87,14 @@ def read_baseline(path: Path | None, fail_on: str = "fail"):
 
 
 def exit_code_of(results, fail_on: str = "fail") -> int:
-    """0 when every result passed (warnings too unless fail_on is warn), else 1.
+    """0 when every result passed (warnings too unless fail_on is warn), else 1; 5 when nothing
+    was audited (every result skip: say `--device cuda` on a machine without one).
 
-    With fail_on "new", only failures that the baseline did not already have count.
+    With fail_on "new", only failures that the baseline did not already have count. A shard that
+    holds no job at all audits nothing by design, and exits 0.
     """
+    if results.results and all(r.status == "skip" for r in results.results):
+        return EXIT_NOTHING_AUDITED
     if fail_on == "new":
         from gradaudit.baseline import new_failures
 
@@ -139,13 +144,14 @@ def run(
     = False,
 ) -> None:
     """Audit every case of CONFIG and write the report."""
-    from gradaudit.config import load_config
+    from gradaudit.config import check_device_names, load_config
     from gradaudit.runner import NOT_RUN, RunInterrupted, RunOptions
     from gradaudit.runner import run as run_config
     from gradaudit.terminal import RunProgress, print_summary
 
     progress = RunProgress(console, quiet=quiet)
     try:
+        check_device_names(device or [])
         if no_isolate and jobs and jobs > 1:
             raise UsageError("--no-isolate audits one job at a time in this process; drop --jobs")
         if not no_isolate:

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from gradaudit import schema
-from gradaudit.errors import ConfigError
+from gradaudit.errors import ConfigError, UsageError
 from gradaudit.findings import FINDINGS
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -392,14 +392,41 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
 
 
 DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+|mps)$")
+# Names people type for a device that torch calls otherwise.
+_DEVICE_ALIASES = {"gpu": "cuda", "nvidia": "cuda", "metal": "mps", "apple": "mps", "cpu0": "cpu"}
+_DEVICE_INDEXED = re.compile(r"^(?:cuda|gpu)\s*[-_: ]?\s*(\d+)$")
+
+
+def device_problem(name: object) -> str | None:
+    """Why `name` is not a device gradaudit audits on (with a "did you mean"), or None if it is one."""
+    if isinstance(name, str) and DEVICE_RE.match(name):
+        return None
+    text = str(name).strip().lower()
+    indexed = _DEVICE_INDEXED.match(text)
+    if DEVICE_RE.match(text):
+        guess = text
+    elif indexed:
+        guess = f"cuda:{int(indexed[1])}"
+    else:
+        guess = _DEVICE_ALIASES.get(text)
+    hint = f" (did you mean '{guess}'?)" if guess else _suggest(text, ("cpu", "cuda", "mps"))
+    return f"unknown device {name!r}{hint}: use cpu, cuda, cuda:N or mps"
+
+
+def check_device_names(names: list[str], flag: str = "--device") -> None:
+    """Raise UsageError for the first name that is not a device (a typo must not skip every case)."""
+    for name in names:
+        problem = device_problem(name)
+        if problem:
+            raise UsageError(f"{flag} {name}: {problem}")
 
 
 def _check_settings(settings: dict, defaults: dict, case: dict, path: tuple, c: _Checker) -> None:
     devices = settings.get("devices", [])
     for i, dev in enumerate(devices if isinstance(devices, list) else []):
-        if not isinstance(dev, str) or not DEVICE_RE.match(dev):
-            c.error(_origin(defaults, case, path, "devices") + (i,),
-                    f"unknown device {dev!r}: use cpu, cuda, cuda:N or mps", on_key=False)
+        problem = device_problem(dev)
+        if problem:
+            c.error(_origin(defaults, case, path, "devices") + (i,), problem, on_key=False)
     if isinstance(devices, list) and not devices:
         c.error(_origin(defaults, case, path, "devices"), "devices is empty")
     dtype = settings.get("dtype")

@@ -25,6 +25,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    from gradaudit.config import device_problem
+
+    for name in config.getoption("gradaudit_device"):
+        problem = device_problem(name)
+        if problem:
+            raise pytest.UsageError(f"--gradaudit-device {name}: {problem}")
     paths = config.getoption("gradaudit")
     if not paths:
         return
@@ -130,6 +136,7 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
 
     items = []
     devices = collector.config.getoption("gradaudit_device")
+    line = _first_line(obj.loss)
     for entry in obj.cases:
         settings = dict(entry)
         settings["name"] = settings.get("name") or name
@@ -137,23 +144,25 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
             specs = prepare(obj.loss, **settings)
         except GradauditError as exc:
             items.append(LossCaseItem.from_parent(collector, name=settings["name"], specs=[],
-                                                  device="", problem=exc))
+                                                  device="", problem=exc, line=line))
             continue
         for spec in specs:
             for device in devices or spec.devices:
                 items.append(LossCaseItem.from_parent(collector, name=f"{spec.name}[{device}]",
-                                                      specs=[spec], device=device, problem=None))
+                                                      specs=[spec], device=device, problem=None, line=line))
     return items
 
 
 class LossCaseItem(_AuditItem):
     """A loss marked with @gradaudit.case, audited on one device."""
 
-    def __init__(self, *, specs: list, device: str, problem: Exception | None, **kwargs: Any) -> None:
+    def __init__(self, *, specs: list, device: str, problem: Exception | None, line: int = 0,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.specs = specs
         self.device = device
         self.problem = problem
+        self.line = line
 
     def runtest(self) -> None:
         from gradaudit.api import run_specs
@@ -163,7 +172,21 @@ class LossCaseItem(_AuditItem):
         self._judge(run_specs(self.specs, root=self.path.parent, devices=[self.device]).results[0])
 
     def reportinfo(self):
-        return self.path, None, self.name
+        # A line number, never None: pytest places skips at the item's location and asserts on it.
+        return self.path, self.line, self.name
+
+
+def _first_line(loss: Any) -> int:
+    """The 0-based line where the marked loss is defined (0 where Python cannot tell)."""
+    import inspect
+
+    target = inspect.unwrap(loss)
+    if not (inspect.isfunction(target) or inspect.isclass(target)):
+        target = type(target)  # an nn.Module instance: where its class is
+    try:
+        return max(inspect.getsourcelines(target)[1] - 1, 0)
+    except (OSError, TypeError):
+        return 0
 
 
 class Auditor:

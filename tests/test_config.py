@@ -56,7 +56,7 @@ GOOD_CASE = """\
     ("version: 1\ncases:\n" + GOOD_CASE.replace("a: {shape: [2]}", "a: {shape: [2], hihg: 3, init: randint}"),
      "c.yaml:6:23: cases[0].inputs.a.hihg: unknown key 'hihg' (did you mean 'high'?)"),
     ("version: 1\ncases:\n" + GOOD_CASE + "    devices: [gpu]\n",
-     "c.yaml:8:15: cases[0].devices[0]: unknown device 'gpu': use cpu, cuda, cuda:N or mps"),
+     "c.yaml:8:15: cases[0].devices[0]: unknown device 'gpu' (did you mean 'cuda'?): use cpu, cuda, cuda:N or mps"),
     ("version: 1\ncases:\n" + GOOD_CASE + "    expect: {ignore: [partial-grads]}\n",
      "cases[0].expect.ignore[0]: unknown finding ID 'partial-grads' (did you mean 'partial-grad'?)"),
     ("version: 1\ncases:\n" + GOOD_CASE + "    expect: {no_grad: [c]}\n",
