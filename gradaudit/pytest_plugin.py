@@ -25,11 +25,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    from gradaudit.config import device_problem
-
     for name in config.getoption("gradaudit_device"):
+        from gradaudit.config import device_problem
+
         problem = device_problem(name)
-        if problem:
+        if problem:  # a typo would otherwise skip every gradaudit item, and pytest would pass
             raise pytest.UsageError(f"--gradaudit-device {name}: {problem}")
     paths = config.getoption("gradaudit")
     if not paths:

@@ -232,3 +232,39 @@ def test_the_fixture_object_audits_in_process(tmp_path):
                                              r"in inplace: y = torch.sigmoid\(x\)"):
         auditor(inplace, inputs={"x": Spec(shape=(3,))}, devices=["cuda"])  # the option wins
     assert not auditor.audit(inplace, inputs={"x": Spec(shape=(3,))}).ok
+
+
+def test_a_skipped_decorated_item_is_reported_at_the_decorator_not_an_internal_error(project):
+    """@gradaudit.case without devices= makes a cuda item; skipped (no GPU), pytest once crashed
+    with INTERNALERROR (`reportinfo` gave line None). cuda:99 is skipped on every machine."""
+    write(project, "test_dev.py", """\
+        import gradaudit
+        from my_losses import sigmoid_twin
+
+
+        @gradaudit.case(inputs={"x": gradaudit.Spec(shape=(3,))})
+        def default_devices(x):
+            return sigmoid_twin(x)
+
+
+        @gradaudit.case(inputs={"x": gradaudit.Spec(shape=(3,))}, devices=["cuda:99"])
+        def nowhere(x):
+            return sigmoid_twin(x)
+        """)
+    proc = run_pytest(project, "-v", "-rs")
+    assert "INTERNALERROR" not in proc.stdout + proc.stderr
+    assert "test_dev.py::default_devices[cpu] PASSED" in proc.stdout
+    assert "test_dev.py::nowhere[cuda:99] SKIPPED" in proc.stdout
+    assert "SKIPPED [1] test_dev.py:10: cuda:99 does not exist" in proc.stdout \
+        or "SKIPPED [1] test_dev.py:10: cuda is not available" in proc.stdout
+    if not torch.cuda.is_available():
+        assert "test_dev.py::default_devices[cuda] SKIPPED" in proc.stdout
+        assert "SKIPPED [1] test_dev.py:5: cuda is not available" in proc.stdout
+    assert proc.returncode == 0
+
+
+def test_an_unknown_gradaudit_device_is_a_usage_error(project):
+    write(project, "audit.yaml", CONFIG)
+    proc = run_pytest(project, "--gradaudit", "audit.yaml", "--gradaudit-device", "gpu")
+    assert proc.returncode == 4  # pytest's usage error: not a run where every item was skipped
+    assert "--gradaudit-device gpu: unknown device 'gpu' (did you mean 'cuda'?)" in proc.stderr
