@@ -147,7 +147,7 @@ def run(
     from gradaudit.config import check_device_names, load_config
     from gradaudit.runner import NOT_RUN, RunInterrupted, RunOptions
     from gradaudit.runner import run as run_config
-    from gradaudit.terminal import RunProgress, print_summary
+    from gradaudit.terminal import RunProgress, print_summary, verdict_line
 
     progress = RunProgress(console, quiet=quiet)
     try:
@@ -186,7 +186,9 @@ def run(
         err_console.print(f"gradaudit: interrupted; {finished} of {len(results.results)} jobs finished "
                           "and are in the report, the rest are skip", markup=False)
         raise typer.Exit(EXIT_INTERRUPTED)
-    raise typer.Exit(exit_code_of(results, fail_on.value))
+    code = exit_code_of(results, fail_on.value)
+    console.print(verdict_line(results, code, fail_on.value), markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
 
 
 @app.command()
