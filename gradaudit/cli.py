@@ -15,7 +15,7 @@ import typer
 from rich.console import Console
 
 from gradaudit import __version__
-from gradaudit.errors import GradauditError, UsageError
+from gradaudit.errors import ConfigError, GradauditError, UsageError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -193,7 +193,10 @@ def run(
 
 @app.command()
 def validate(config: Annotated[Path, typer.Argument(help="The config file (YAML).")]) -> None:
-    """Check CONFIG's keys and import every loss, without running anything."""
+    """Check CONFIG's keys and import every loss, without running anything.
+
+    Exit 0: valid; 1: a loss cannot be imported or called with its inputs; 2: the config is invalid.
+    """
     from gradaudit.config import load_config
     from gradaudit.validate import check_losses
 
@@ -202,9 +205,9 @@ def validate(config: Annotated[Path, typer.Argument(help="The config file (YAML)
     except GradauditError as exc:
         _fail(exc)
     problems = check_losses(cfg)
-    for problem in problems:
-        err_console.print(problem, markup=False)
     if problems:
+        what = f"{len(problems)} loss{'es' if len(problems) != 1 else ''} cannot be imported or called"
+        err_console.print(f"error: {ConfigError(str(config), problems, what=what)}", markup=False)
         raise typer.Exit(EXIT_FAILED)
     names = {c.base_name for c in cfg.cases}
     console.print(f"{config}: ok ({len(names)} case{'s' if len(names) != 1 else ''}, "

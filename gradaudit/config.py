@@ -77,6 +77,7 @@ class CaseSpec:
     # Settings added by later features that have no field yet: name -> value.
     extra: dict[str, Any] = field(default_factory=dict)
     line: int = 0  # where the case starts in the config, for messages
+    loss_where: str = ""  # `file:line:col: cases[i].loss`, where the case's loss is named
     # A live callable (or nn.Module) given through the Python API instead of importing `loss`;
     # it cannot travel to another process, so such a spec is audited in the caller's process.
     loss_obj: Any = field(default=None, repr=False, compare=False)
@@ -163,13 +164,17 @@ class _Checker:
         self.problems: list[str] = []
 
     def error(self, path: tuple, message: str, on_key: bool = True) -> None:
+        self.problems.append(f"{self.at(path, on_key)}: {message}")
+
+    def at(self, path: tuple, on_key: bool = True) -> str:
+        """`file:line:col: key.path`: how every problem with this part of the config starts."""
         mark = (self.marks.key.get(path) if on_key else None) or self.marks.value.get(path)
         # Fall back to the nearest enclosing position we know.
         probe = path
         while mark is None and probe:
             probe = probe[:-1]
             mark = self.marks.key.get(probe) or self.marks.value.get(probe)
-        self.problems.append(_at(self.display, mark, _dotted(path), message))
+        return _at(self.display, mark, _dotted(path), "").removesuffix(": ")
 
     def check_keys(self, data: dict, path: tuple, allowed: list[str], required: list[str]) -> None:
         for key in data:
@@ -388,6 +393,9 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
             autocast=matrix.get("autocast") == "on", max_memory_mb=settings["max_memory_mb"], extra=extra,
             line=(c.marks.value.get(path).line + 1) if c.marks.value.get(path) else 0,
         ))
+    loss_where = c.at(_origin(defaults, case, path, "loss"), on_key=False)
+    for spec in specs:
+        spec.loss_where = loss_where  # `gradaudit validate` words import problems like config errors
     return specs
 
 

@@ -149,8 +149,9 @@ def test_validate_accepts_a_good_config_and_names_broken_losses(tmp_path, cli_in
                    + GOOD_CASE.replace("name: ok", "name: arity").replace(
                        "torch.nn.functional:mse_loss", "spine:raises"))
     result = cli_invoke(["validate", bad], exit_code=1)
-    assert "bad.yaml:4: case 'ok': cannot import loss 'spine:missing_function'" in result.output
-    assert "case 'arity': spine:raises cannot take inputs (a, b)" in result.output
+    assert "bad.yaml:5:11: cases[0].loss: cannot import 'spine:missing_function': 'spine' has no attribute " \
+        "'missing_function'" in result.output
+    assert "bad.yaml:10:11: cases[1].loss: spine:raises cannot take inputs (a, b)" in result.output
 
 
 def test_init_writes_a_config_that_validates(tmp_path, cli_invoke):
