@@ -81,6 +81,8 @@ class CaseSpec:
     # A live callable (or nn.Module) given through the Python API instead of importing `loss`;
     # it cannot travel to another process, so such a spec is audited in the caller's process.
     loss_obj: Any = field(default=None, repr=False, compare=False)
+    # The `gradaudit.audit()` arguments this spec came from (a case dict), for a runnable reproduce line.
+    api_case: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def draw_name(self) -> str:
