@@ -154,6 +154,7 @@ def test_validate_accepts_a_good_config_and_names_broken_losses(tmp_path, cli_in
     assert "bad.yaml:10:11: cases[1].loss: spine:raises cannot take inputs (a, b)" in result.output
 
 
+@pytest.mark.slow
 def test_init_writes_a_config_that_validates(tmp_path, cli_invoke):
     path = tmp_path / "starter.yaml"
     cli_invoke(["init", path])

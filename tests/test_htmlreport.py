@@ -271,6 +271,7 @@ def big_run(n_cases: int = 500, devices=("cpu", "cuda"), seed: int = 0) -> RunRe
     return reportdata.sample_run(results)
 
 
+@pytest.mark.slow
 def test_a_thousand_results_stay_under_5_mb():
     run = big_run()
     assert len(run.results) == 1000
@@ -288,6 +289,7 @@ def test_a_thousand_results_stay_under_5_mb():
             assert not block.find_all("details", cls="trace") and not block.find_all("figure")
 
 
+@pytest.mark.slow
 def test_html_reporter_does_not_import_torch():
     code = ("import sys, io; from gradaudit.htmlreport import write_html; from gradaudit.model import RunResults; "
             "write_html(RunResults(), io.StringIO()); assert 'torch' not in sys.modules")

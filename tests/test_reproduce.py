@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from gradaudit.api import Spec, audit
@@ -17,6 +18,7 @@ def _verdicts(run) -> list:
     return [(r.case, r.device, r.status, [f.id for f in r.findings], [i.grad for i in r.inputs]) for r in run.results]
 
 
+@pytest.mark.slow
 def test_an_importable_loss_reproduces_in_a_fresh_python(tmp_path):
     sys.path.insert(0, str(LOSSES))
     try:
