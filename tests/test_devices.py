@@ -258,6 +258,7 @@ def test_mixed_devices_point_at_the_factory_that_made_the_stray_tensor(write_con
     assert finding.detail["stray_device"] == "cpu"
 
 
+@pytest.mark.slow
 def test_stray_scan_finds_the_factory_and_not_its_fixed_twin():
     from gradaudit.opscan import stray_tensors
     from tests.losses import device_faults
