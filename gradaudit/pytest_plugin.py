@@ -37,8 +37,12 @@ def pytest_configure(config: pytest.Config) -> None:
     # Collect the configs themselves; without other paths, only them (not the testpaths).
     if config.args_source != pytest.Config.ArgsSource.ARGS:
         config.args = []
+    folders = [Path(arg.split("::")[0]).resolve() for arg in config.args]
+    folders = [f for f in folders if f.is_dir()]
     for path in paths:
-        if path not in config.args:
+        # A config inside a folder already asked for is collected from there (pytest_collect_file).
+        # Naming it again would make pytest 8 collect only it from that folder, dropping the tests.
+        if path not in config.args and not any(f in Path(path).resolve().parents for f in folders):
             config.args.append(path)
     config.stash[_CONFIGS] = {Path(p).resolve() for p in paths}
 

@@ -288,3 +288,31 @@ def test_the_fixture_skips_a_test_where_nothing_was_audited():
     with pytest.raises(pytest.skip.Exception, match="gradaudit audited nothing: cuda:99: "):
         auditor(twin, inputs={"x": Spec(shape=(3,))}, devices=["cuda:99"])
     assert auditor(twin, inputs={"x": Spec(shape=(3,))}, devices=["cpu", "cuda:99"]).ok
+
+
+def test_a_config_inside_a_folder_argument_is_not_named_twice(tmp_path, monkeypatch):
+    """`pytest . --gradaudit audit.yaml`: pytest 8 collects only audit.yaml from `.` when both are
+    arguments, so the plugin leaves it to the folder (pytest_collect_file still picks it up)."""
+    from gradaudit import pytest_plugin
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    options = {"gradaudit": ["audit.yaml", "sub/other.yaml", str(tmp_path.parent / "elsewhere.yaml")],
+               "gradaudit_device": []}
+
+    class FakeConfig:
+        args_source = pytest.Config.ArgsSource.ARGS
+        stash = pytest.Stash()
+
+        def __init__(self, args):
+            self.args = args
+
+        def getoption(self, name):
+            return options[name]
+
+    config = FakeConfig(["."])
+    pytest_plugin.pytest_configure(config)
+    assert config.args == [".", str(tmp_path.parent / "elsewhere.yaml")]
+    config = FakeConfig(["sub", "test_x.py::test_y"])
+    pytest_plugin.pytest_configure(config)
+    assert config.args == ["sub", "test_x.py::test_y", "audit.yaml", str(tmp_path.parent / "elsewhere.yaml")]
