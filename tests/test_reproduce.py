@@ -29,7 +29,7 @@ def test_an_importable_loss_reproduces_in_a_fresh_python(tmp_path):
     assert [r.status for r in run.results] == ["fail", "fail"]
     for result in run.results:
         line = result.reproduce
-        assert line.startswith("from gradaudit.api import Spec, audit; audit('spine:first_column', "
+        assert line.startswith("from gradaudit import Spec, audit; audit('spine:first_column', "
                                "inputs={'x': Spec(")
         assert "inputs=..." not in line and "seed=7" in line
         script = (line.replace("; audit(", "; _ = audit(", 1) + "\nimport json, sys\n"
@@ -56,7 +56,7 @@ def test_a_local_function_and_a_tensor_input_reproduce_where_they_live():
     inputs = {"predictions": Spec(shape=(8, 2), init="uniform", low=0.5, high=2.0), "targets": targets}
     run = audit(ratio_loss, inputs, devices=["cpu"], expect={"no_grad": ["targets"]})
     line = run.results[0].reproduce
-    assert line.startswith("import torch; from gradaudit.api import Spec, audit; "
+    assert line.startswith("import torch; from gradaudit import Spec, audit; "
                            "audit('tests.test_reproduce:ratio_loss'")
     assert "torch.tensor([0.0, 0.14" in line and "dtype=torch.float32" in line
     namespace: dict = {}
