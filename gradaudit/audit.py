@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from gradaudit.config import CaseSpec
+from gradaudit import evidence
 from gradaudit.devices import AUTOCAST_DTYPE, CONTEXT, MIXED, OOM, DeviceLayer, classify, current, format_bytes
 from gradaudit.findings import default_severity
 from gradaudit.frames import frames_from_text, location_from
@@ -41,13 +42,13 @@ from gradaudit.opscan import OpHit, first_nonfinite, stray_tensors
 from gradaudit.parity import compare_draw, tolerances
 from gradaudit.shapes import describe_dead, fold_map
 
-# A suspected zero pattern is confirmed by extra draws: the chance that elements which do get a
-# gradient now and then (at the rarer end of the observed rates) stayed zero in every draw by luck
-# must fall below FALSE_ALARM; an unconfirmed pattern at MAX_DRAWS is no finding.
-FALSE_ALARM = 1e-3
-RATE_QUANTILE = 0.1
-PRIOR_RATE = 0.5  # when no element ever got a gradient: how often one would, if it could
+# A suspected zero pattern is confirmed by extra draws until the case-wide odds that it is luck
+# fall below FALSE_ALARM (gradaudit.evidence decides); an unconfirmed pattern at MAX_DRAWS is no
+# finding.
+FALSE_ALARM = evidence.FALSE_ALARM
 MAX_DRAWS = 40
+# Inputs that are the same tensor in every draw: a zero pattern may follow their values.
+FIXED_INITS = ("value", "zeros", "ones", "full")
 LOSS_RNG_SALT = 0x5EED  # the loss's own random stream differs from its inputs'
 
 VERSION_ERROR = "modified by an inplace operation"
@@ -80,6 +81,7 @@ class _Track:
     norms: list[float] = field(default_factory=list)
     # Counting in bytes is a quarter of the memory traffic; wide enough unless repeats > 255.
     count_dtype: torch.dtype = torch.uint8
+    decision: evidence.Decision | None = None  # what the evidence says of its zero pattern
 
     def add(self, grad: torch.Tensor | None) -> None:
         self.draws += 1
@@ -108,22 +110,19 @@ class _Track:
         return 0 if self.alive_counts is None else int((self.alive_counts == 0).sum())
 
     def false_alarm_odds(self) -> float:
-        """Expected number of dead elements that are only dead by chance, after these draws.
-
-        Elements that do get a gradient get it in some fraction of draws; a dead element with the
-        rate of the rarer live ones stays dead by chance with probability (1 - rate) ** draws.
-        """
-        counts = self.alive_counts
-        alive = counts[counts > 0]
-        if alive.numel():
-            rate = float(torch.quantile(alive.double() / self.draws, RATE_QUANTILE))
-        else:
-            rate = PRIOR_RATE
-        return self.dead * (1.0 - min(rate, 1.0)) ** self.draws
+        """The case-wide odds that its zero pattern is luck (gradaudit.evidence); inf if undecided."""
+        return self.decision.odds if self.decision is not None else math.inf
 
     @property
     def confirmed(self) -> bool:
-        return self.false_alarm_odds() < FALSE_ALARM
+        return self.decision is not None and self.decision.confirmed
+
+    @property
+    def pattern(self) -> torch.Tensor:
+        """The elements of its confirmed zero pattern (else every element dead in every draw)."""
+        if self.decision is not None and self.decision.mask is not None:
+            return self.decision.mask
+        return ~self.ever_nonzero
 
     def verdict(self, draws: int) -> str:
         if not self.requires_grad:
@@ -218,6 +217,7 @@ class CaseAudit:
         self.params: dict[str, torch.Tensor] = {}
         self.anomaly_error: str | None = None
         self.picked: str | None = None  # where in the returned value the loss tensor was
+        self._decided_at = -1  # the draw count of the last evidence decision
 
     # -- the parts of one audit -------------------------------------------------------------
     def run(self) -> CaseResult:
@@ -321,17 +321,29 @@ class CaseAudit:
         """Draw again until every suspected zero pattern is confirmed or ruled out."""
         if self.draws < self.spec.repeats:
             return True
-        if self.draws >= MAX_DRAWS:
+        if self.draws >= max(self.spec.repeats, MAX_DRAWS):
             return False
+        return any(t.decision is not None and t.decision.state == evidence.MORE for t in self._decide())
+
+    def _decide(self) -> list[_Track]:
+        """Let the evidence judge every audited tensor's zero pattern at once (one case, one budget)."""
         declared = set(self.spec.expect.no_grad)
-        for track in self.tracks.values():
-            if not track.requires_grad or track.name in declared or track.nonfinite:
-                continue
-            if track.none_draws == track.draws or not track.dead:
-                continue
-            if not track.confirmed:
-                return True
-        return False
+        audited = [t for t in self.tracks.values() if t.requires_grad and t.name not in declared
+                   and not t.nonfinite and t.alive_counts is not None and t.none_draws < t.draws]
+        if self._decided_at == self.draws:
+            return audited
+        self._decided_at = self.draws
+        if not any(t.dead for t in audited):
+            for track in audited:
+                track.decision = None
+            return audited
+        fixed = all(i.init in FIXED_INITS for i in self.spec.inputs)
+        decisions = evidence.decide({t.name: t.alive_counts for t in audited}, self.draws,
+                                    max_draws=max(self.spec.repeats, MAX_DRAWS), alpha=FALSE_ALARM,
+                                    identical_draws=fixed)
+        for track in audited:
+            track.decision = decisions[track.name]
+        return audited
 
     def _one_draw(self, inputs: dict[str, torch.Tensor]) -> bool:
         """Run one draw; return False when the audit must stop (an error or a defect found)."""
@@ -655,6 +667,7 @@ class CaseAudit:
 
     def _judge_inputs(self) -> None:
         declared = set(self.spec.expect.no_grad)
+        self._decide()
         nonfinite_located = False
         for name, track in self.tracks.items():
             verdict = track.verdict(self.draws)
@@ -666,12 +679,13 @@ class CaseAudit:
                           "nothing in the loss depends on it through a differentiable path", input=name)
             elif verdict == "zero":
                 self._add("zero-grad", f"{shape} gets a gradient that is zero everywhere, "
-                          f"in all {self.draws} draws", input=name)
+                          f"in all {self.draws} draws" + self._fixed_note(track), input=name)
             elif verdict == "partial":
-                text, _ = describe_dead(~track.ever_nonzero, name)
+                pattern = track.pattern
+                text, _ = describe_dead(pattern, name)
                 self._add("partial-grad", f"{text} never receives a gradient "
-                          f"({track.dead} of {track.ever_nonzero.numel()} elements, {self.draws} draws)",
-                          input=name)
+                          f"({int(pattern.sum())} of {pattern.numel()} elements, {self.draws} draws)"
+                          + self._fixed_note(track), input=name)
             elif verdict == "nonfinite":
                 if any(f.id == "loss-nonfinite" for f in self.findings):
                     continue  # the loss itself is NaN/Inf: that finding already says it
@@ -681,6 +695,22 @@ class CaseAudit:
                 self._add("nonfinite-grad", f"the gradient of {shape} holds {track.nonfinite} NaN/Inf "
                           f"value{'s' if track.nonfinite != 1 else ''}{where}", input=name,
                           location=location, detail={"node": node} if node else None)
+
+    def _fixed_note(self, track: _Track) -> str:
+        """Point 6 of issue 10: a pattern may follow an input that is the same in every draw."""
+        fixed = [i for i in self.spec.inputs if i.init in FIXED_INITS]
+        if not fixed:
+            return ""
+        dims = track.decision.dims if track.decision is not None else ()
+        sizes = {track.shape[d] for d in dims}
+        # Name first the fixed inputs that share a size with the dead slices (labels [B] beside rows
+        # of logits [B, C]), then the tensor itself where it is fixed, then the rest.
+        fixed.sort(key=lambda i: (not sizes & set(i.shape), i.name != track.name))
+        names = ", ".join(f"`{i.name}`" for i in fixed[:3])
+        one = len(fixed[:3]) == 1
+        return (f"; {names} {'is' if one else 'are'} the same in every draw ({fixed[0].init}), so the pattern "
+                f"follows {'its' if one else 'their'} values (positions {'it masks' if one else 'they mask'}"
+                " or ignores): fixed, not chance")
 
     def _nonfinite_origin(self) -> tuple[Location | None, str | None]:
         """Re-run the first draw with anomaly mode's NaN check to find the backward node and its op."""

@@ -702,7 +702,7 @@ class Explainer:
         name = finding.input
         track = self.audit.tracks.get(name)
         if finding.id == "partial-grad" and track is not None and track.ever_nonzero is not None:
-            text, _ = describe_dead(~track.ever_nonzero, f"`{name}`")
+            text, _ = describe_dead(track.pattern, f"`{name}`")
             return text.rsplit(" [", 1)[0]
         return f"`{name}`"
 

@@ -1,0 +1,328 @@
+"""Decide whether elements that never got a gradient are a real zero pattern or luck.
+
+Pure: per-element live counts in (for each audited tensor, the number of draws in which each
+element's gradient was nonzero), a decision out: a confirmed pattern (and which elements it is),
+draw more, or no finding. The model and what its odds mean are in the README, "How a zero pattern
+is confirmed"; in short:
+
+- Draws are independent (fresh inputs, fresh seeds), so a unit (an element, or a whole slice along
+  one dim) that can get a gradient gets it in each draw with some rate q > 0, and stays dead in all
+  n draws with probability (1 - q) ** n.
+- A unit that is dead by luck has a rate like those of the live units of its kind in the same
+  tensor (elements like the live elements, a column like its sibling columns). Those rates are
+  estimated from the live units' counts (a mixture of binomials fitted by EM, zeros treated as
+  unseen), conservatively: each rate enters through its Jeffreys posterior, so a rate seen as 1.0
+  in 2 draws is not 1.0.
+- The expected number of units dead by luck (lambda) bounds the chance that any reported unit is
+  dead by luck (Markov; no independence between units is needed). A pattern is confirmed when
+  lambda, times the number of tests of the case, is below `alpha`: the false-alarm odds hold for the
+  whole case, at any size. Slices make structure cheap to confirm: a column dead while its 3
+  siblings live in every draw is few units with well-known rates; scattered singletons among
+  millions are millions of units with modest rates, and usually stay unconfirmed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+
+FALSE_ALARM = 1e-3  # the case-wide odds that a reported pattern is luck
+PRIOR_RATE = 0.5  # a tensor dead everywhere: how often it would get a gradient, if it could
+CONFIRMED, MORE, NO_FINDING = "confirmed", "more", "none"
+_EM_STEPS = 100
+_MIXTURE_UNITS = 64  # live units needed to fit two rates; fewer are pooled (their posterior is wide)
+
+
+@dataclass(frozen=True)
+class Level:
+    """One way of grouping a tensor's elements into units, and what the draws say about it."""
+
+    dim: int | None  # None: single elements; d: the slices along dim d (index d fixed)
+    units: int
+    dead: int  # units with no live element in any draw
+    chance_dead: float  # expected number of units dead by luck after these draws (lambda)
+    at_cap: float  # the same, projected to the draw cap (rates as estimated now)
+
+
+@dataclass
+class Decision:
+    """The verdict of the evidence on one tensor's zero pattern."""
+
+    state: str  # CONFIRMED, MORE (draw again) or NO_FINDING
+    odds: float  # case-wide false-alarm odds of the best level (lambda x tests); inf where unknown
+    dead: int = 0  # elements dead in every draw (the pattern's candidates)
+    mask: torch.Tensor | None = None  # confirmed only: the elements of the pattern (bool)
+    dims: tuple[int, ...] = ()  # the dims whose dead slices make the pattern; () = single elements
+    levels: list[Level] = field(default_factory=list)
+
+    @property
+    def confirmed(self) -> bool:
+        return self.state == CONFIRMED
+
+
+def _log_beta(a: float, b: float) -> float:
+    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
+
+
+def dead_chance(live: float, dead: float, draws: int) -> float:
+    """The chance that a unit stays dead in `draws` fresh draws, its rate known from `live`
+    successes and `dead` failures: the Jeffreys posterior mean of (1 - q) ** draws."""
+    a, b = live + 0.5, dead + 0.5
+    return math.exp(_log_beta(a, b + draws) - _log_beta(a, b))
+
+
+def _expected_zeros(units: float, w: float) -> float:
+    """Units of a component with `units` seen live: how many more it has dead by luck."""
+    return math.inf if w >= 1.0 - 1e-15 else units * w / (1.0 - w)
+
+
+def _fit(hist: list[float], n: int) -> list[tuple[float, float, float]]:
+    """Fit a mixture of binomial(n, q) rates to the units that were live in some draws, not all.
+
+    Units live in every draw are not counted as evidence: many are live whatever the data (a dense
+    term), and would vouch for rarer units they do not resemble; only where no unit is intermittent
+    do they give the rate. Zeros (and counts of n, where excluded) are unseen, imputed by EM.
+    One rate first; two where enough units spread over three or more counts and one rate does not
+    fit them: a rarer group of units (a box coordinate that a clamp kills more often) must not
+    hide in a pooled mean.
+    Returns per component (live units, live events, units in all), imputed ones included.
+    """
+    ks = [k for k in range(1, n) if hist[k] > 0] or [n]
+    seen = sum(hist[k] for k in ks)
+    events = sum(k * hist[k] for k in ks)
+    one, misfit = _em(hist, n, ks, [events / (n * seen)], [1.0])
+    if len(ks) < 3 or n < 4 or seen < _MIXTURE_UNITS or misfit <= len(ks) - 2 + 3 * math.sqrt(2 * (len(ks) - 2)):
+        return one
+    # Start the components at the lower and upper halves of the units.
+    half, acc, split = seen / 2, 0.0, ks[0]
+    for k in ks:
+        acc += hist[k]
+        if acc >= half:
+            split = k
+            break
+    low = [k for k in ks if k <= split]
+    high = [k for k in ks if k > split] or low
+    rates = [sum(k * hist[k] for k in part) / (n * sum(hist[k] for k in part)) for part in (low, high)]
+    return _em(hist, n, ks, rates, [0.5, 0.5])[0]
+
+
+def _em(hist: list[float], n: int, ks: list[int], rates: list[float],
+        weights: list[float]) -> tuple[list[tuple[float, float, float]], float]:
+    """EM for a binomial mixture seen only at counts `ks`; also returns the G statistic of the fit."""
+    unseen = [0] if ks == [n] else [0, n]
+    seen = sum(hist[k] for k in ks)
+    events = sum(k * hist[k] for k in ks)
+    logc = [math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) for k in range(n + 1)]
+    comps: list[tuple[float, float, float]] = []
+    last = -1.0
+    for _ in range(_EM_STEPS):
+        pmf = []
+        for q in rates:
+            q = min(max(q, 1e-12), 1.0)
+            if q >= 1.0:
+                pmf.append([1.0 if k == n else 0.0 for k in range(n + 1)])
+            else:
+                lq, lr = math.log(q), math.log1p(-q)
+                pmf.append([math.exp(logc[k] + k * lq + (n - k) * lr) for k in range(n + 1)])
+        p_seen = sum(w * sum(f[k] for k in ks) for w, f in zip(weights, pmf, strict=True))
+        if p_seen <= 1e-300:
+            return [(seen, events, math.inf)], 0.0
+        everyone = seen / p_seen
+        live = [0.0] * len(rates)
+        hits = [0.0] * len(rates)
+        totals = [0.0] * len(rates)
+        for k in ks:
+            lik = [w * f[k] for w, f in zip(weights, pmf, strict=True)]
+            norm = sum(lik) or 1.0
+            for c, value in enumerate(lik):
+                share = hist[k] * value / norm
+                live[c] += share
+                hits[c] += k * share
+        for c, (w, f) in enumerate(zip(weights, pmf, strict=True)):
+            totals[c] = live[c]
+            for k in unseen:
+                expected = everyone * w * f[k]
+                totals[c] += expected
+                hits[c] += k * expected
+                if k:
+                    live[c] += expected
+        new = [hits[c] / (n * totals[c]) if totals[c] > 0 else rates[c] for c in range(len(rates))]
+        weights = [t / everyone for t in totals]
+        comps = list(zip(live, hits, totals, strict=True))
+        # What matters is the zeros it implies: stop once they settle (to 0.1%).
+        zeros = sum(w * f[0] for w, f in zip(weights, pmf, strict=True))
+        if abs(zeros - last) <= 1e-3 * zeros or max(abs(a - b) for a, b in zip(new, rates, strict=True)) < 1e-9:
+            break
+        last, rates = zeros, new
+    misfit = 0.0
+    for k in ks:
+        expected = everyone * sum(w * f[k] for w, f in zip(weights, pmf, strict=True))
+        misfit += 2 * hist[k] * math.log(hist[k] / expected) if expected > 0 else math.inf
+    return [c for c in comps if c[0] > 1e-9], misfit
+
+
+def chance_dead(hist: list[float], draws: int, deff: float = 1.0) -> float:
+    """Expected number of units dead by luck after `draws` draws, from the live units' counts.
+
+    `hist[k]` is the number of units live in exactly k of `draws` draws (hist[0], the dead ones,
+    is not used: under the null they are unseen members of the live units' components). `deff`
+    (>= 1) is how many units make one independent observation (elements that live and die
+    together by rows count as rows): it widens the rates' posteriors, not the count of candidates.
+    """
+    n = draws
+    if sum(hist[1:]) <= 0:
+        return math.inf
+    ks = [k for k in range(1, n) if hist[k] > 0]
+    if not ks:  # every live unit was live in every draw: they are the only evidence there is
+        return _expected_zeros(hist[n], dead_chance(n * hist[n] / deff, 0.0, n))
+    seen = sum(hist[k] for k in ks)
+    if seen < _MIXTURE_UNITS or n < 3:
+        # Few units: pool the intermittent ones as seen, without imputing the unseen ends. Their
+        # pooled rate leans to 1/2, which errs toward caution where it matters (high rates).
+        hits = sum(k * hist[k] for k in ks)
+        misses = n * seen - hits
+        rate = hits / (n * seen)
+        members = min(sum(hist[1:]), seen / max(1.0 - rate ** n - (1.0 - rate) ** n, 1e-12))
+        return _expected_zeros(members, dead_chance(hits / deff, misses / deff, n))
+    lam = 0.0
+    for live, hits, total in _fit(hist, n):
+        if math.isinf(total):
+            return math.inf
+        misses = max(n * total - hits, 0.0)
+        lam += _expected_zeros(live, dead_chance(hits / deff, misses / deff, n))
+    return lam
+
+
+def at_cap(hist: list[float], draws: int, cap: int) -> float:
+    """Roughly what `chance_dead` would be at `cap` draws, the pooled rate as now.
+
+    Only used to stop early where even the cap cannot confirm; pooling errs toward drawing on.
+    """
+    ks = [k for k in range(1, draws) if hist[k] > 0] or [draws]
+    seen = sum(hist[k] for k in ks)
+    hits = sum(k * hist[k] for k in ks)
+    scale = cap / draws
+    return _expected_zeros(seen, dead_chance(hits * scale, (draws * seen - hits) * scale, cap))
+
+
+def _hist(units: torch.Tensor, draws: int) -> list[float]:
+    return [float(v) for v in torch.bincount(units.flatten().to(torch.int64), minlength=draws + 1)[: draws + 1]]
+
+
+def _slice_dims(shape: torch.Size) -> list[int]:
+    """The dims whose slices are units of their own: a 1-D tensor's slices are its elements."""
+    return [d for d in range(len(shape)) if len(shape) >= 2 and shape[d] >= 2]
+
+
+def tests_of(shape: torch.Size | list[int]) -> int:
+    """How many tests a tensor adds to its case: single elements, and the slices along each dim."""
+    return 1 + len(_slice_dims(torch.Size(shape)))
+
+
+def _optimistic(hist: list[float], draws: int, deff: float = 1.0) -> float:
+    """The smallest lambda the live units allow: as if every one of them were live in every draw."""
+    seen = sum(hist[1:])
+    return _expected_zeros(seen, dead_chance(draws * seen / deff, 0.0, draws))
+
+
+def design_effect(c: torch.Tensor, hist: list[float]) -> float:
+    """How many elements make one independent observation (Kish's design effect, 1 + (m - 1) rho).
+
+    Elements of a slice that live and die together (the row of a sample a margin satisfies, the
+    logits of an ignored target) are one observation, not m: rho is the intra-slice correlation
+    of the live counts, from a one-way analysis of variance along each dim; the largest counts.
+    """
+    total = c.numel()
+    mean = sum(k * v for k, v in enumerate(hist)) / total
+    var = sum(k * k * v for k, v in enumerate(hist)) / total - mean * mean
+    if var <= 0 or c.dim() < 2:
+        return 1.0
+    worst = 1.0
+    for dim in range(c.dim()):
+        slices, m = c.shape[dim], total // c.shape[dim]
+        if slices < 2 or m < 2:
+            continue
+        others = [d for d in range(c.dim()) if d != dim]
+        means = c.sum(dim=others, dtype=torch.int64).double() / m
+        between = float(((means - mean) ** 2).mean())
+        within = max(var - between, 0.0)
+        msb = m * between * slices / (slices - 1)
+        msw = within * total / (total - slices)
+        rho = (msb - msw) / (msb + (m - 1) * msw) if msb + (m - 1) * msw > 0 else 0.0
+        worst = max(worst, 1.0 + (m - 1) * max(rho, 0.0))
+    return worst
+
+
+def decide(counts: Mapping[str, torch.Tensor], draws: int, *, max_draws: int,
+           alpha: float = FALSE_ALARM, identical_draws: bool = False) -> dict[str, Decision]:
+    """Decide every audited tensor's zero pattern, with the case-wide false-alarm budget `alpha`.
+
+    `counts[name]` holds, per element, the draws in which its gradient was nonzero (of `draws`).
+    `identical_draws`: every input is the same in each draw, so draws that agree add no evidence;
+    a pattern is then deterministic and confirmed at once (where the counts show no randomness).
+    """
+    tests = sum(tests_of(c.shape) for c in counts.values()) or 1
+    budget = alpha / tests  # each test's share; their sum is the case's alpha
+    out: dict[str, Decision] = {}
+    for name, c in counts.items():
+        dead_mask = c == 0
+        dead = int(dead_mask.sum())
+        if dead == 0:
+            out[name] = Decision(NO_FINDING, 0.0)
+            continue
+        if identical_draws and not bool(((c > 0) & (c < draws)).any()):
+            out[name] = Decision(CONFIRMED, 0.0, dead, dead_mask, ())
+            continue
+        if dead == c.numel():
+            # No unit of it ever lived: nothing to learn a rate from but a prior, the tensor one unit.
+            lam = (1.0 - PRIOR_RATE) ** draws
+            level = Level(None, 1, 1, lam, (1.0 - PRIOR_RATE) ** max_draws)
+            if lam < budget:
+                out[name] = Decision(CONFIRMED, lam * tests, dead, dead_mask, (), [level])
+            else:
+                hopeless = draws >= max_draws or level.at_cap >= budget
+                out[name] = Decision(NO_FINDING if hopeless else MORE, lam * tests, dead, levels=[level])
+            continue
+        levels: list[Level] = []
+        masks: list[tuple[int | None, torch.Tensor]] = []
+        for dim in [None, *_slice_dims(c.shape)]:
+            if dim is None:
+                units, hist = c, _hist(c, draws)
+            else:
+                others = [d for d in range(c.dim()) if d != dim]
+                units = c.amax(dim=others)  # a slice lived in at least as many draws as its best element
+                hist = _hist(units, draws)
+            if hist[0] == 0:
+                continue  # no whole slice along this dim is dead
+            # The fit only where the most favourable rates could confirm the pattern now.
+            lam = math.inf
+            if _optimistic(hist, draws, c.numel() / units.numel() if dim is None else 1.0) < budget:
+                deff = design_effect(c, hist) if dim is None else 1.0
+                if _optimistic(hist, draws, deff) < budget:
+                    lam = chance_dead(hist, draws, deff)
+            levels.append(Level(dim, units.numel(), int(hist[0]), lam, at_cap(hist, draws, max_draws)))
+            if lam < budget:
+                masks.append((dim, (units == 0) if dim is None else _spread(units == 0, c.shape, dim)))
+        best = min((lv.chance_dead for lv in levels), default=math.inf)
+        if masks:
+            mask = masks[0][1]
+            for _, more in masks[1:]:
+                mask = mask | more
+            dims = () if any(d is None for d, _ in masks) else tuple(d for d, _ in masks)
+            if not dims:
+                mask = dead_mask
+            out[name] = Decision(CONFIRMED, best * tests, dead, mask, dims, levels)
+        else:
+            hopeless = draws >= max_draws or all(lv.at_cap >= budget for lv in levels)
+            out[name] = Decision(NO_FINDING if hopeless else MORE, best * tests, dead, levels=levels)
+    return out
+
+
+def _spread(dead_slices: torch.Tensor, shape: torch.Size, dim: int) -> torch.Tensor:
+    """The elements of the dead slices along `dim`, as a mask of the tensor's shape."""
+    view = [1] * len(shape)
+    view[dim] = shape[dim]
+    return dead_slices.reshape(view).expand(shape)
