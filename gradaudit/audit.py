@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
-from gradaudit.config import CaseSpec
 from gradaudit import evidence
+from gradaudit.config import CaseSpec
 from gradaudit.devices import AUTOCAST_DTYPE, CONTEXT, MIXED, OOM, DeviceLayer, classify, current, format_bytes
 from gradaudit.findings import default_severity
 from gradaudit.frames import frames_from_text, location_from
@@ -218,6 +218,8 @@ class CaseAudit:
         self.anomaly_error: str | None = None
         self.picked: str | None = None  # where in the returned value the loss tensor was
         self._decided_at = -1  # the draw count of the last evidence decision
+        self._next_decision = 0  # no decision before this many draws (it could not confirm)
+        self._watches: list[tuple[_Track, evidence.Watch]] = []  # the still-dead elements meanwhile
 
     # -- the parts of one audit -------------------------------------------------------------
     def run(self) -> CaseResult:
@@ -323,7 +325,13 @@ class CaseAudit:
             return True
         if self.draws >= max(self.spec.repeats, MAX_DRAWS):
             return False
-        return any(t.decision is not None and t.decision.state == evidence.MORE for t in self._decide())
+        if self.draws < self._next_decision and any(w.any_dead(t.alive_counts) for t, w in self._watches):
+            return True  # no decision before then could confirm it; drawing on unless it vanished
+        pending = [t for t in self._decide() if t.decision is not None and t.decision.state == evidence.MORE]
+        self._next_decision = self.draws + min((t.decision.wait for t in pending), default=1)
+        waiting = self._next_decision > self.draws + 1
+        self._watches = [(t, evidence.Watch(t.alive_counts)) for t in pending] if waiting else []
+        return bool(pending)
 
     def _decide(self) -> list[_Track]:
         """Let the evidence judge every audited tensor's zero pattern at once (one case, one budget)."""
@@ -333,10 +341,6 @@ class CaseAudit:
         if self._decided_at == self.draws:
             return audited
         self._decided_at = self.draws
-        if not any(t.dead for t in audited):
-            for track in audited:
-                track.decision = None
-            return audited
         fixed = all(i.init in FIXED_INITS for i in self.spec.inputs)
         decisions = evidence.decide({t.name: t.alive_counts for t in audited}, self.draws,
                                     max_draws=max(self.spec.repeats, MAX_DRAWS), alpha=FALSE_ALARM,

@@ -57,6 +57,7 @@ class Decision:
     mask: torch.Tensor | None = None  # confirmed only: the elements of the pattern (bool)
     dims: tuple[int, ...] = ()  # the dims whose dead slices make the pattern; () = single elements
     levels: list[Level] = field(default_factory=list)
+    wait: int = 1  # MORE: draws to go before another decision is worth its cost
 
     @property
     def confirmed(self) -> bool:
@@ -164,36 +165,64 @@ def _em(hist: list[float], n: int, ks: list[int], rates: list[float],
     return [c for c in comps if c[0] > 1e-9], misfit
 
 
-def chance_dead(hist: list[float], draws: int, deff: float = 1.0) -> float:
-    """Expected number of units dead by luck after `draws` draws, from the live units' counts.
+Components = list[tuple[float, float, float]]  # per rate: (live units, live events, misses)
+
+
+def components(hist: list[float], draws: int) -> Components | None:
+    """The live units' rates, as components of (live units, live events, misses); None: unknowable.
 
     `hist[k]` is the number of units live in exactly k of `draws` draws (hist[0], the dead ones,
-    is not used: under the null they are unseen members of the live units' components). `deff`
-    (>= 1) is how many units make one independent observation (elements that live and die
-    together by rows count as rows): it widens the rates' posteriors, not the count of candidates.
+    is not used: under the null they are unseen members of the live units' components).
     """
     n = draws
     if sum(hist[1:]) <= 0:
-        return math.inf
+        return None
     ks = [k for k in range(1, n) if hist[k] > 0]
     if not ks:  # every live unit was live in every draw: they are the only evidence there is
-        return _expected_zeros(hist[n], dead_chance(n * hist[n] / deff, 0.0, n))
+        return [(hist[n], n * hist[n], 0.0)]
     seen = sum(hist[k] for k in ks)
     if seen < _MIXTURE_UNITS or n < 3:
         # Few units: pool the intermittent ones as seen, without imputing the unseen ends. Their
         # pooled rate leans to 1/2, which errs toward caution where it matters (high rates).
         hits = sum(k * hist[k] for k in ks)
-        misses = n * seen - hits
         rate = hits / (n * seen)
         members = min(sum(hist[1:]), seen / max(1.0 - rate ** n - (1.0 - rate) ** n, 1e-12))
-        return _expected_zeros(members, dead_chance(hits / deff, misses / deff, n))
-    lam = 0.0
+        return [(members, hits, n * seen - hits)]
+    out = []
     for live, hits, total in _fit(hist, n):
         if math.isinf(total):
-            return math.inf
-        misses = max(n * total - hits, 0.0)
-        lam += _expected_zeros(live, dead_chance(hits / deff, misses / deff, n))
-    return lam
+            return None
+        out.append((live, hits, max(n * total - hits, 0.0)))
+    return out
+
+
+def expected_dead(comps: Components | None, draws: int, deff: float = 1.0) -> float:
+    """Expected number of units dead by luck after `draws` draws (lambda), given their rates.
+
+    `deff` (>= 1) is how many units make one independent observation (elements that live and die
+    together by rows count as rows): it widens the rates' posteriors, not the count of candidates.
+    """
+    if comps is None:
+        return math.inf
+    return sum(_expected_zeros(live, dead_chance(hits / deff, misses / deff, draws))
+               for live, hits, misses in comps)
+
+
+def chance_dead(hist: list[float], draws: int, deff: float = 1.0) -> float:
+    """Expected number of units dead by luck after `draws` draws, from the live units' counts."""
+    return expected_dead(components(hist, draws), draws, deff)
+
+
+def _wait(comps: Components | None, lam: float, budget: float) -> int:
+    """Draws to go before lambda could be below the budget, halved (it decays by the rarest rate)."""
+    if comps is None or math.isinf(lam) or lam < budget:
+        return 1
+    slowest = max(misses / (hits + misses) if hits + misses > 0 else 1.0 for _, hits, misses in comps)
+    if slowest <= 0.0:
+        return 1
+    if slowest >= 1.0 - 1e-9:
+        return 1
+    return max(1, int(0.5 * math.log(budget / lam) / math.log(slowest)))
 
 
 def at_cap(hist: list[float], draws: int, cap: int) -> float:
@@ -209,7 +238,11 @@ def at_cap(hist: list[float], draws: int, cap: int) -> float:
 
 
 def _hist(units: torch.Tensor, draws: int) -> list[float]:
-    return [float(v) for v in torch.bincount(units.flatten().to(torch.int64), minlength=draws + 1)[: draws + 1]]
+    """How many units were live in exactly k draws, k = 0 .. draws (one pass over the counts)."""
+    flat = units.flatten()
+    if flat.dtype != torch.uint8:
+        flat = flat.to(torch.int64)
+    return [float(v) for v in torch.bincount(flat, minlength=draws + 1)[: draws + 1].tolist()]
 
 
 def _slice_dims(shape: torch.Size) -> list[int]:
@@ -263,62 +296,83 @@ def decide(counts: Mapping[str, torch.Tensor], draws: int, *, max_draws: int,
     `counts[name]` holds, per element, the draws in which its gradient was nonzero (of `draws`).
     `identical_draws`: every input is the same in each draw, so draws that agree add no evidence;
     a pattern is then deterministic and confirmed at once (where the counts show no randomness).
+    Costs one histogram of the counts per tensor, and one max-reduction per dim where some are dead.
     """
     tests = sum(tests_of(c.shape) for c in counts.values()) or 1
     budget = alpha / tests  # each test's share; their sum is the case's alpha
-    out: dict[str, Decision] = {}
-    for name, c in counts.items():
-        dead_mask = c == 0
-        dead = int(dead_mask.sum())
-        if dead == 0:
-            out[name] = Decision(NO_FINDING, 0.0)
-            continue
-        if identical_draws and not bool(((c > 0) & (c < draws)).any()):
-            out[name] = Decision(CONFIRMED, 0.0, dead, dead_mask, ())
-            continue
-        if dead == c.numel():
-            # No unit of it ever lived: nothing to learn a rate from but a prior, the tensor one unit.
-            lam = (1.0 - PRIOR_RATE) ** draws
-            level = Level(None, 1, 1, lam, (1.0 - PRIOR_RATE) ** max_draws)
-            if lam < budget:
-                out[name] = Decision(CONFIRMED, lam * tests, dead, dead_mask, (), [level])
-            else:
-                hopeless = draws >= max_draws or level.at_cap >= budget
-                out[name] = Decision(NO_FINDING if hopeless else MORE, lam * tests, dead, levels=[level])
-            continue
-        levels: list[Level] = []
-        masks: list[tuple[int | None, torch.Tensor]] = []
-        for dim in [None, *_slice_dims(c.shape)]:
-            if dim is None:
-                units, hist = c, _hist(c, draws)
-            else:
-                others = [d for d in range(c.dim()) if d != dim]
-                units = c.amax(dim=others)  # a slice lived in at least as many draws as its best element
-                hist = _hist(units, draws)
-            if hist[0] == 0:
-                continue  # no whole slice along this dim is dead
-            # The fit only where the most favourable rates could confirm the pattern now.
-            lam = math.inf
-            if _optimistic(hist, draws, c.numel() / units.numel() if dim is None else 1.0) < budget:
-                deff = design_effect(c, hist) if dim is None else 1.0
-                if _optimistic(hist, draws, deff) < budget:
-                    lam = chance_dead(hist, draws, deff)
-            levels.append(Level(dim, units.numel(), int(hist[0]), lam, at_cap(hist, draws, max_draws)))
-            if lam < budget:
-                masks.append((dim, (units == 0) if dim is None else _spread(units == 0, c.shape, dim)))
-        best = min((lv.chance_dead for lv in levels), default=math.inf)
-        if masks:
-            mask = masks[0][1]
-            for _, more in masks[1:]:
-                mask = mask | more
-            dims = () if any(d is None for d, _ in masks) else tuple(d for d, _ in masks)
-            if not dims:
-                mask = dead_mask
-            out[name] = Decision(CONFIRMED, best * tests, dead, mask, dims, levels)
+    return {name: _decide_one(c, draws, max_draws, budget, tests, identical_draws) for name, c in counts.items()}
+
+
+def _decide_one(c: torch.Tensor, draws: int, max_draws: int, budget: float, tests: int,
+                identical_draws: bool) -> Decision:
+    hist = _hist(c, draws)
+    dead = int(hist[0])
+    if dead == 0:
+        return Decision(NO_FINDING, 0.0)
+    if identical_draws and not any(hist[1:draws]):
+        return Decision(CONFIRMED, 0.0, dead, c == 0, ())
+    if dead == c.numel():
+        # No unit of it ever lived: nothing to learn a rate from but a prior, the tensor one unit.
+        lam = (1.0 - PRIOR_RATE) ** draws
+        level = Level(None, 1, 1, lam, (1.0 - PRIOR_RATE) ** max_draws)
+        if lam < budget:
+            return Decision(CONFIRMED, lam * tests, dead, c == 0, (), [level])
+        hopeless = draws >= max_draws or level.at_cap >= budget
+        return Decision(NO_FINDING if hopeless else MORE, lam * tests, dead, levels=[level])
+    levels: list[Level] = []
+    confirmed: list[int | None] = []
+    wait = max_draws
+    slice_dims = _slice_dims(c.shape)
+    for dim in [None, *slice_dims]:
+        if dim is not None:
+            others = [d for d in range(c.dim()) if d != dim]
+            units = c.amax(dim=others)  # a slice lived in at least as many draws as its best element
+            level_hist = _hist(units, draws)
         else:
-            hopeless = draws >= max_draws or all(lv.at_cap >= budget for lv in levels)
-            out[name] = Decision(NO_FINDING if hopeless else MORE, best * tests, dead, levels=levels)
-    return out
+            units, level_hist = c, hist
+        if level_hist[0] == 0:
+            continue  # no whole slice along this dim is dead
+        lam = math.inf
+        comps = None
+        if _optimistic(level_hist, draws) < budget:  # else not even the most favourable rates confirm
+            comps = components(level_hist, draws)
+            lam = expected_dead(comps, draws)
+            if dim is None and lam < budget and slice_dims:
+                # Elements may live and die together (by rows, say): as many units as the fewest
+                # slices at worst; the measured design effect where that worst case decides.
+                worst = c.numel() / min(c.shape[d] for d in slice_dims)
+                lam_worst = expected_dead(comps, draws, worst)
+                lam = lam_worst if lam_worst < budget else expected_dead(comps, draws, design_effect(c, hist))
+        levels.append(Level(dim, units.numel(), int(level_hist[0]), lam, at_cap(level_hist, draws, max_draws)))
+        if lam < budget:
+            confirmed.append(dim)
+        else:
+            wait = min(wait, _wait(comps, lam, budget))
+    best = min((lv.chance_dead for lv in levels), default=math.inf)
+    if confirmed:
+        if None in confirmed:
+            return Decision(CONFIRMED, best * tests, dead, c == 0, (), levels)
+        mask = None
+        for dim in confirmed:
+            others = [d for d in range(c.dim()) if d != dim]
+            part = _spread(c.amax(dim=others) == 0, c.shape, dim)
+            mask = part if mask is None else mask | part
+        return Decision(CONFIRMED, best * tests, dead, mask, tuple(confirmed), levels)
+    hopeless = draws >= max_draws or all(lv.at_cap >= budget for lv in levels)
+    wait = max(1, min(wait, max_draws - draws))
+    return Decision(NO_FINDING if hopeless else MORE, best * tests, dead, levels=levels, wait=wait)
+
+
+class Watch:
+    """The elements still dead since a decision: between decisions, whether any is left is cheap to
+    check (they only ever come alive), so a pattern that vanishes stops the draws at once."""
+
+    def __init__(self, counts: torch.Tensor) -> None:
+        self.index = (counts.reshape(-1) == 0).nonzero().flatten()
+
+    def any_dead(self, counts: torch.Tensor) -> bool:
+        self.index = self.index[counts.reshape(-1)[self.index] == 0]
+        return bool(self.index.numel())
 
 
 def _spread(dead_slices: torch.Tensor, shape: torch.Size, dim: int) -> torch.Tensor:

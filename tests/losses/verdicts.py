@@ -153,6 +153,7 @@ def cases(n: int = 8) -> dict[str, tuple]:
         "multi_margin": (multi_margin, {"x": x2, "target": {"shape": [n], "dtype": "int64", "init": "randint",
                                                              "low": 0, "high": 4}}, ["multi_margin_column"]),
         "box_clamps": (box_clamps, {"pred": x2, "target": x2}, ["box_clamps_column", "box_clamps_rows"]),
-        "ohem": (ohem, {"logits": x2, "target": _labels(n, 4)}, ["ohem_column", "ohem_rows"]),
+        # Top-k keeps a quarter: twice the rows, so a column's siblings live in most draws.
+        "ohem": (ohem, {"logits": {"shape": [2 * n, 4]}, "target": _labels(2 * n, 4)}, ["ohem_column", "ohem_rows"]),
         "channel_relu": (channel_relu, {"x": {"shape": [max(1, n // 4), 3, 4, 4]}}, ["channel_relu_channel"]),
     }
