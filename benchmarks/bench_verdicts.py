@@ -71,6 +71,11 @@ def measure(fn, inputs: dict, seeds: range, twin: str | None = None) -> dict:
             "s": (time.perf_counter() - start) / n, "example": example}
 
 
+def first_size(inputs: dict) -> int:
+    """Elements of a case's first input (the one the twins cut)."""
+    return int(torch.Size(next(iter(inputs.values()))["shape"]).numel())
+
+
 def row(label: str, size: int, m: dict, twin: bool) -> str:
     rate = f"{m['fails']}/{m['n']}"
     where = f"{m['located']}/{m['n']}" if twin else ""
@@ -85,7 +90,7 @@ HEADER = ("| case | elements | failed | at the culprit line | draws mean / max |
 def small(seeds: int) -> list[str]:
     lines = []
     for _name, (loss, inputs, twins) in V.cases(8).items():
-        size = int(torch.Size(next(iter(inputs.values()))["shape"]).numel())
+        size = first_size(inputs)
         m = measure(loss, inputs, range(seeds))
         lines.append(row(loss.__name__, size, m, False))
         if m["example"]:
@@ -112,14 +117,14 @@ def sizes(scale: float) -> list[str]:
             batch = max(1, elements // per_row)
             loss, inputs, _ = V.cases(batch)[name]
             m = measure(loss, inputs, range(seeds))
-            lines.append(row(name, batch * per_row, m, False))
+            lines.append(row(name, first_size(inputs), m, False))
             if m["example"]:
                 lines.append(f"|  ↳ {m['example']} | | | | | |")
             print(lines[-1], flush=True)
     for twin, batch, seeds in BIG_TWINS:
         base = next(v for v in V.cases(batch).values() if twin in v[2])
         m = measure(getattr(V, twin), base[1], range(max(1, int(seeds * scale))), twin)
-        lines.append(row(twin, batch * 4, m, True))
+        lines.append(row(twin, first_size(base[1]), m, True))
         print(lines[-1], flush=True)
     return lines
 

@@ -255,12 +255,6 @@ def tests_of(shape: torch.Size | list[int]) -> int:
     return 1 + len(_slice_dims(torch.Size(shape)))
 
 
-def _optimistic(hist: list[float], draws: int, deff: float = 1.0) -> float:
-    """The smallest lambda the live units allow: as if every one of them were live in every draw."""
-    seen = sum(hist[1:])
-    return _expected_zeros(seen, dead_chance(draws * seen / deff, 0.0, draws))
-
-
 def design_effect(c: torch.Tensor, hist: list[float]) -> float:
     """How many elements make one independent observation (Kish's design effect, 1 + (m - 1) rho).
 
@@ -332,17 +326,14 @@ def _decide_one(c: torch.Tensor, draws: int, max_draws: int, budget: float, test
             units, level_hist = c, hist
         if level_hist[0] == 0:
             continue  # no whole slice along this dim is dead
-        lam = math.inf
-        comps = None
-        if _optimistic(level_hist, draws) < budget:  # else not even the most favourable rates confirm
-            comps = components(level_hist, draws)
-            lam = expected_dead(comps, draws)
-            if dim is None and lam < budget and slice_dims:
-                # Elements may live and die together (by rows, say): as many units as the fewest
-                # slices at worst; the measured design effect where that worst case decides.
-                worst = c.numel() / min(c.shape[d] for d in slice_dims)
-                lam_worst = expected_dead(comps, draws, worst)
-                lam = lam_worst if lam_worst < budget else expected_dead(comps, draws, design_effect(c, hist))
+        comps = components(level_hist, draws)
+        lam = expected_dead(comps, draws)
+        if dim is None and lam < budget and slice_dims:
+            # Elements may live and die together (by rows, say): as many units as the fewest
+            # slices at worst; the measured design effect where that worst case decides.
+            worst = c.numel() / min(c.shape[d] for d in slice_dims)
+            lam_worst = expected_dead(comps, draws, worst)
+            lam = lam_worst if lam_worst < budget else expected_dead(comps, draws, design_effect(c, hist))
         levels.append(Level(dim, units.numel(), int(level_hist[0]), lam, at_cap(level_hist, draws, max_draws)))
         if lam < budget:
             confirmed.append(dim)
