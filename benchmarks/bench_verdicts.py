@@ -48,7 +48,7 @@ def run_case(fn, inputs: dict, seed: int):
 
 def located(result, twin: str) -> bool:
     line = CULPRITS[kind_of(twin)]
-    return any(f.location is not None and f.location.line == line and f.location.path.endswith("verdicts.py")
+    return any(f.location is not None and f.location.line == line and f.location.file.endswith("verdicts.py")
                for f in result.findings if f.severity == "fail")
 
 
