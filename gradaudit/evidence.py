@@ -256,30 +256,43 @@ def tests_of(shape: torch.Size | list[int]) -> int:
 
 
 def design_effect(c: torch.Tensor, hist: list[float]) -> float:
-    """How many elements make one independent observation (Kish's design effect, 1 + (m - 1) rho).
+    """How many live elements make one independent observation (Kish: 1 + (m - 1) rho).
 
     Elements of a slice that live and die together (the row of a sample a margin satisfies, the
     logits of an ignored target) are one observation, not m: rho is the intra-slice correlation
-    of the live counts, from a one-way analysis of variance along each dim; the largest counts.
+    of the live elements' counts, from a one-way analysis of variance along each dim (dead
+    elements left out: they are the pattern on trial, not evidence); the largest effect counts.
     """
-    total = c.numel()
-    mean = sum(k * v for k, v in enumerate(hist)) / total
-    var = sum(k * k * v for k, v in enumerate(hist)) / total - mean * mean
-    if var <= 0 or c.dim() < 2:
+    live_total = sum(hist[1:])
+    sum_sq = sum(k * k * v for k, v in enumerate(hist))
+    if c.dim() < 2:
         return 1.0
+    if sum(1 for v in hist[1:] if v) < 2 or live_total < 3:
+        # Every live element has the same count: nothing tells whether they live and die together,
+        # so assume they do, along the dim with the fewest slices.
+        return c.numel() / min((c.shape[d] for d in range(c.dim()) if c.shape[d] >= 2), default=c.numel())
+    live = c > 0
     worst = 1.0
     for dim in range(c.dim()):
-        slices, m = c.shape[dim], total // c.shape[dim]
-        if slices < 2 or m < 2:
+        if c.shape[dim] < 2:
             continue
         others = [d for d in range(c.dim()) if d != dim]
-        means = c.sum(dim=others, dtype=torch.int64).double() / m
-        between = float(((means - mean) ** 2).mean())
-        within = max(var - between, 0.0)
-        msb = m * between * slices / (slices - 1)
-        msw = within * total / (total - slices)
-        rho = (msb - msw) / (msb + (m - 1) * msw) if msb + (m - 1) * msw > 0 else 0.0
-        worst = max(worst, 1.0 + (m - 1) * max(rho, 0.0))
+        sizes = live.sum(dim=others, dtype=torch.int64).double()
+        sums = c.sum(dim=others, dtype=torch.int64).double()
+        used = sizes > 0
+        groups = int(used.sum())
+        if groups < 2 or live_total - groups < 1:
+            continue
+        sizes, sums = sizes[used], sums[used]
+        mean = float(sums.sum()) / live_total
+        between = float((sums * sums / sizes).sum()) - live_total * mean * mean
+        within = sum_sq - float((sums * sums / sizes).sum())
+        msb = between / (groups - 1)
+        msw = max(within, 0.0) / (live_total - groups)
+        m0 = (live_total - float((sizes * sizes).sum()) / live_total) / (groups - 1)
+        denom = msb + (m0 - 1) * msw
+        rho = (msb - msw) / denom if denom > 0 else 0.0
+        worst = max(worst, 1.0 + (live_total / groups - 1) * max(rho, 0.0))
     return worst
 
 
