@@ -8,8 +8,9 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
-from gradaudit.api import audit
+from gradaudit.api import Spec, audit
 from tests.losses import verdicts as V
 
 SEEDS = range(300)
@@ -89,3 +90,30 @@ def test_cut_slice_of_a_large_input_fails_at_the_detach(twin, batch):
         assert result.draws <= 8  # structure confirms in a few draws (it took 39 before)
     else:
         assert partial.message.startswith(f"rows 0-{batch // 8 - 1} of "), partial.message
+
+
+# -- a pattern that follows a fixed input --------------------------------------------------------
+def test_a_pattern_that_follows_fixed_labels_says_so():
+    target = torch.tensor([1, 0, 2, 3, 0, 1, 2, 3])  # a real tensor: the same in every draw
+    result = audit(V.ce_ignore, {"logits": Spec(shape=(8, 4)), "target": target}, devices=["cpu"],
+                   root=ROOT).results[0]
+    partial = next(f for f in result.findings if f.id == "partial-grad")
+    assert partial.message.startswith("rows 1, 4 of logits [8, 4] never receives a gradient"), partial.message
+    assert "`target` is the same in every draw" in partial.message
+    assert "follows its values" in partial.message
+
+
+def test_random_labels_with_ignored_rows_pass():
+    result = audit(V.ce_ignore, {"logits": Spec(shape=(8, 4)),
+                                 "target": Spec(shape=(8,), dtype="int64", init="randint", high=4)},
+                   devices=["cpu"], root=ROOT).results[0]
+    assert result.status == "pass" and not result.findings, result.summary_line
+
+
+def test_every_input_fixed_confirms_at_once():
+    x = torch.tensor([[1.0, -1.0], [2.0, -3.0]], requires_grad=True)
+    result = audit(V.relu_sq, {"x": x}, devices=["cpu"], root=ROOT).results[0]
+    partial = next(f for f in result.findings if f.id == "partial-grad")
+    assert result.draws == 2  # every draw is the same: more draws would add nothing
+    assert partial.message.startswith("column 1 of x [2, 2]"), partial.message
+    assert "`x` is the same in every draw" in partial.message

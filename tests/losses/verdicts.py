@@ -73,6 +73,11 @@ def channel_relu(x):
     return torch.relu(x - 0.5).pow(2).mean()
 
 
+def ce_ignore(logits, target):
+    """Cross-entropy that ignores class 0: the rows of ignored targets get no gradient."""
+    return F.cross_entropy(logits, target, ignore_index=0)
+
+
 # -- broken twins: one slice of the first input is cut from the graph --------------------------
 def _detach_column(x):
     return torch.cat([x[:, :-1], x[:, -1:].detach()], dim=1)  # CULPRIT: column
