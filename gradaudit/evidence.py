@@ -11,8 +11,9 @@ is confirmed"; in short:
 - A unit that is dead by luck has a rate like those of the live units of its kind in the same
   tensor (elements like the live elements, a column like its sibling columns). Those rates are
   estimated from the live units' counts (a mixture of binomials fitted by EM, zeros treated as
-  unseen), conservatively: each rate enters through its Jeffreys posterior, so a rate seen as 1.0
-  in 2 draws is not 1.0.
+  unseen; units live in every draw only where no unit is intermittent), conservatively: each rate
+  enters through its Jeffreys posterior, so a rate seen as 1.0 in 2 draws is not 1.0, and elements
+  that live and die together count as fewer observations (a design effect).
 - The expected number of units dead by luck (lambda) bounds the chance that any reported unit is
   dead by luck (Markov; no independence between units is needed). A pattern is confirmed when
   lambda, times the number of tests of the case, is below `alpha`: the false-alarm odds hold for the
@@ -218,9 +219,7 @@ def _wait(comps: Components | None, lam: float, budget: float) -> int:
     if comps is None or math.isinf(lam) or lam < budget:
         return 1
     slowest = max(misses / (hits + misses) if hits + misses > 0 else 1.0 for _, hits, misses in comps)
-    if slowest <= 0.0:
-        return 1
-    if slowest >= 1.0 - 1e-9:
+    if not 0.0 < slowest < 1.0 - 1e-9:
         return 1
     return max(1, int(0.5 * math.log(budget / lam) / math.log(slowest)))
 
