@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from gradaudit.api import prepare  # noqa: E402
-from gradaudit.audit import MAX_DRAWS, AuditContext, audit_case  # noqa: E402
+from gradaudit.caseaudit import AuditContext, audit_case  # noqa: E402
 from gradaudit.tracing import default_observers  # noqa: E402
+from gradaudit.tracks import MAX_DRAWS  # noqa: E402
 from tests.losses import verdicts as V  # noqa: E402
 
 SOURCE = Path(V.__file__)
