@@ -33,7 +33,7 @@ import torch.nn.functional as F  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gradaudit.api import Spec, prepare  # noqa: E402
-from gradaudit.audit import AuditContext, CaseAudit  # noqa: E402
+from gradaudit.caseaudit import AuditContext, CaseAudit  # noqa: E402
 from gradaudit.parity import compare_draw, tolerances  # noqa: E402
 from gradaudit.tracing import default_observers  # noqa: E402
 

@@ -42,6 +42,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from gradaudit.findings import default_severity
 from gradaudit.frames import location_from
+from gradaudit.losscall import DrawInputs, DrawOutcome, kept_random_state, pick_loss
 from gradaudit.model import Finding, Location
 from gradaudit.parity import Mismatch, compare_draw, tolerances
 
@@ -122,9 +123,10 @@ def _tensors(obj: Any) -> list[torch.Tensor]:
     return [t for t in torch.utils._pytree.tree_leaves(obj) if isinstance(t, torch.Tensor)]
 
 
-def _cuda_indexes(args: tuple, kwargs: dict, params: dict) -> list[int]:
-    found = _tensors((args, kwargs)) + list(params.values())
-    return sorted({t.device.index or 0 for t in found if t.is_cuda})
+def _copies(args: tuple) -> tuple:
+    """The inputs again, for the compiled run: a differentiable copy (gradients still reach the
+    audit's leaves) that the eager run's in-place ops cannot touch."""
+    return tuple(a.clone() if isinstance(a, torch.Tensor) else a for a in args)
 
 
 @dataclass
@@ -141,8 +143,6 @@ class _Reference:
         """Take the eager gradients (once); an exception is this reference's error."""
         if self.result is not None or self.error is not None:
             return
-        from gradaudit.audit import pick_loss
-
         loss, _ = pick_loss(self.out)
         self.out = None
         if not isinstance(loss, torch.Tensor):
@@ -165,14 +165,16 @@ class _Reference:
 class CompiledLoss:
     """The loss under `torch.compile(backend=...)`: compiled on the first call, reused after.
 
-    `start_draw(k)` before a verdict draw makes the next call also run the eager loss of that draw;
-    `end_draw(k, loss, grads)` after its backward compares the two.
+    It observes the draws like the tracer: inside a draw's context, the call also runs the eager
+    loss of that draw; `draw_done(outcome)` after its backward compares the two.
     """
 
     def __init__(self, fn: Any, backend: str, input_names: list[str], params: dict[str, torch.Tensor],
-                 root: Path | None, rtol: float, atol: float, dtypes: list[str]) -> None:
+                 root: Path | None, rtol: float, atol: float, dtypes: list[str],
+                 generator: torch.Generator | None = None) -> None:
         check_backend(backend)
         self.eager = fn
+        self.generator = generator  # the audited device's random generator (None on the CPU)
         self.backend = backend
         self.input_names = input_names
         self.params = params
@@ -197,13 +199,24 @@ class CompiledLoss:
         self._pending: _Reference | None = None
         self._backward_started: float | None = None
 
-    # -- the audit's hooks ------------------------------------------------------------------
-    def start_draw(self, draw: int) -> None:
-        """The next call is verdict draw `draw`: run the eager loss beside it."""
+    # -- the draw loop's hooks (an observer, like the tracer) --------------------------------
+    @contextlib.contextmanager
+    def draw_context(self, draw: int, inputs: DrawInputs):
+        """Around verdict draw `draw`: its call runs the eager loss beside the compiled one."""
         self._armed, self._pending = not self.like_eager, None
+        try:
+            yield
+        finally:
+            self._armed = False
 
-    def end_draw(self, draw: int, loss: torch.Tensor, grads: dict[str, torch.Tensor | None]) -> None:
-        """Compare draw `draw`'s compiled loss and gradients with the eager ones."""
+    def loss_returned(self, value: Any) -> None:
+        """Nothing to note: the comparison waits for the gradients."""
+
+    def draw_done(self, out: DrawOutcome) -> None:
+        """Compare a verdict draw's compiled loss and gradients with the eager ones."""
+        self._compare(out.draw, out.loss, out.grads)
+
+    def _compare(self, draw: int, loss: torch.Tensor, grads: dict[str, torch.Tensor | None]) -> None:
         if self._backward_started is not None:
             self.compile_s = (self.compile_s or 0.0) + time.perf_counter() - self._backward_started
             self._backward_started = None
@@ -238,11 +251,12 @@ class CompiledLoss:
             return self.eager(*args, **kwargs)
         self._armed = False
         traced = torch._C._len_torch_function_stack() > 0
-        devices = _cuda_indexes(args, kwargs, self.params)
         first = self.compiled is None
+        with _modes_aside():
+            copies = _copies(args)
         # The eager run: the draw's reference, what the tracer sees, the random ops. The random
         # state is restored after it, so the compiled run draws from the same state.
-        with torch.random.fork_rng(devices=devices):
+        with kept_random_state(self.generator):
             detector = _RandomOps(self.root) if first else None
             try:
                 with detector if detector is not None else contextlib.nullcontext():
@@ -257,10 +271,10 @@ class CompiledLoss:
         self._pending = _Reference(out=eager_out, leaves=self._leaves(args))
         with _modes_aside() as modes:
             if first:
-                self._explain(args, kwargs, devices)
+                self._explain(_copies(copies), kwargs)
             try:
                 started = time.perf_counter()
-                out = self._compiled()(*args, **kwargs)
+                out = self._compiled()(*copies, **kwargs)
                 if first:
                     self.compile_s = time.perf_counter() - started
                     self._backward_started = time.perf_counter()
@@ -293,11 +307,11 @@ class CompiledLoss:
                 self.compiled = _with_fallback_random(self.compiled)
         return self.compiled
 
-    def _explain(self, args: tuple, kwargs: dict, devices: list[int]) -> None:
+    def _explain(self, args: tuple, kwargs: dict) -> None:
         """Trace the eager function with dynamo once: its graphs and graph breaks, with user lines."""
         started = time.perf_counter()
         try:
-            with torch.random.fork_rng(devices=devices):
+            with kept_random_state(self.generator):
                 explained = torch._dynamo.explain(self.eager)(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001 - the real compile reports its own failure
             self.explain_error = f"{type(exc).__name__}: {_first_line(str(exc))}"
