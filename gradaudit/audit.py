@@ -402,8 +402,9 @@ class CaseAudit:
     def _classify_loss(self, loss: Any) -> torch.Tensor | None:
         if not isinstance(loss, torch.Tensor):
             if isinstance(loss, (int, float)) or type(loss).__module__ == "numpy":
-                self.result.loss = LossInfo(value=float(loss), shape=[], dtype=type(loss).__name__,
-                                            requires_grad=False, grad_fn=None, finite=math.isfinite(float(loss)))
+                value = _plain_float(loss)
+                self.result.loss = LossInfo(value=value, shape=[], dtype=type(loss).__name__, requires_grad=False,
+                                            grad_fn=None, finite=value is not None and math.isfinite(value))
                 self._add("loss-no-grad", f"the loss returned a Python {type(loss).__name__}, not a tensor:"
                           " the graph was cut before the loss (.item(), float(), .tolist()?)")
             else:
@@ -736,6 +737,14 @@ _LARGEST = {"float16": "65504", "half": "65504"}
 def _overflow_text(hit: OpHit) -> str:
     """`torch.exp is the first op to give inf`."""
     return f"{hit.op} is the first op to give {hit.what}"
+
+
+def _plain_float(value: Any) -> float | None:
+    """A Python or numpy number as a float; None for what has no single float (an array, 10**400)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
 
 
 def summary_line(result: CaseResult) -> str:

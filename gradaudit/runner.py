@@ -116,10 +116,14 @@ def audit_in_process(config: Config, jobs: list[Job],
     """Audit every job in this process, one after another, yielding (index, result); call
     `before(index)` before each job."""
     from gradaudit.loading import add_import_roots
+    from gradaudit.processstate import Snapshot, note_leaks
     from gradaudit.workers import audit_job
 
     add_import_roots(config.root, config.sys_path)
     ctx = audit_context(config.root, config.display_path)
+    # What each job starts from and is put back to: a job here shares the process with the caller
+    # and with the jobs after it.
+    fresh = Snapshot.take()
     armed = False
     if not faulthandler.is_enabled():
         with contextlib.suppress(AttributeError, OSError, ValueError, io.UnsupportedOperation):
@@ -130,7 +134,11 @@ def audit_in_process(config: Config, jobs: list[Job],
         for index, job in enumerate(jobs):
             if before:
                 before(index)
-            yield index, audit_job(job.spec, job.device, ctx)
+            result = audit_job(job.spec, job.device, ctx)
+            changes = fresh.changes()
+            if changes:
+                note_leaks(result, changes, job.spec, config.root, in_process=True, unrestored=fresh.restore())
+            yield index, result
     finally:
         if armed:
             faulthandler.disable()

@@ -84,6 +84,13 @@ def audit_job(spec: CaseSpec, device: str, ctx: Any) -> CaseResult:
         # A loss that calls sys.exit() would end the worker (or the whole run in-process).
         return lost(spec, device, ctx.config_display, time.perf_counter() - start,
                     ErrorInfo(type="SystemExit", message=f"the loss called sys.exit({exc.code!r})"))
+    except Exception as exc:  # noqa: BLE001 - a failure of ours costs this case, not the run
+        import traceback
+
+        return lost(spec, device, ctx.config_display, time.perf_counter() - start,
+                    ErrorInfo(type=type(exc).__name__, message=f"gradaudit failed while auditing this case: "
+                              f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()),
+                    status="error")
     if guard.limited:
         memory_verdict(result, spec.max_memory_mb)
     return result
@@ -233,12 +240,15 @@ def _worker_main(conn, setup: WorkerSetup, log_path: str, describe: bool = False
     from gradaudit.devices import needs_fresh_process
     from gradaudit.environment import describe as environment
     from gradaudit.loading import add_import_roots
+    from gradaudit.processstate import Change, Snapshot, note_leaks
     from gradaudit.runner import audit_context
 
     add_import_roots(setup.root, setup.sys_path)
     ctx = audit_context(setup.root, setup.config_display)
     # Plain data only: the parent must be able to read it without importing torch.
     env = json.loads(json.dumps(environment(), default=str)) if describe else None
+    # The state every job starts from: a job that leaves it changed ends this worker.
+    fresh = Snapshot.take()
     conn.send(("ready", os.getpid(), env))
     while True:
         try:
@@ -250,9 +260,15 @@ def _worker_main(conn, setup: WorkerSetup, log_path: str, describe: bool = False
         index, spec, device = message
         _fresh_log(log_fd)
         result = audit_job(spec, device, ctx)
-        # A case that poisoned a device context leaves this worker unusable: it says so and leaves,
-        # and a fresh worker takes the next job.
-        leaving = needs_fresh_process()
+        changes = fresh.changes()
+        children = end_children()
+        if children:
+            changes.append(Change(f"left {children} child process{'es' if children > 1 else ''} running "
+                                  "(killed with the case)"))
+        note_leaks(result, changes, spec, setup.root, in_process=False)
+        # A case that poisoned a device context or changed process-wide state leaves this worker
+        # unfit: it says so and leaves, and a fresh worker takes the next job.
+        leaving = needs_fresh_process() or bool(changes)
         try:
             conn.send(("done", index, result, leaving))
         except Exception as exc:  # noqa: BLE001 - a result that does not pickle is still a result
@@ -270,6 +286,13 @@ def _become_worker(log_path: str) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
+    # A process group of its own, so that the parent can kill the worker with whatever a loss
+    # started; and the reaper of its orphaned descendants, so that none outlives its case.
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    _adopt_orphans()
+    # torch.compile's compile workers would be processes that outlive the case; compile here.
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
     with contextlib.suppress(ImportError, OSError, ValueError):
         import resource
 
@@ -288,9 +311,71 @@ def _become_worker(log_path: str) -> int:
 
 def _fresh_log(log_fd: int) -> None:
     """Empty the log so that a crash's tail holds this job's output alone."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a stream a loss closed or replaced: not this job's fault
+            stream.flush()
     os.ftruncate(log_fd, 0)
+
+
+def _adopt_orphans() -> None:
+    """Become the parent of this worker's orphaned descendants (Linux), so end_children finds them."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc; elsewhere none are found)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children", encoding="ascii") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def end_children(grace_s: float = 2.0) -> int:
+    """Kill every process a job left running below this worker and reap it; return how many.
+
+    A child of a loss inherits the worker's descriptors, among them the pipes that keep
+    multiprocessing's helper processes (and so gradaudit's own stdout) open: `gradaudit run | cat`
+    would wait for it.
+    """
+    killed: set[int] = set()
+    give_up = time.monotonic() + grace_s
+    while True:
+        alive = _descendants(os.getpid())
+        for pid in alive:
+            if pid not in killed:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return len(killed)
+            if pid == 0:
+                break
+        if not alive or time.monotonic() > give_up:
+            return len(killed)
+        time.sleep(0.005)
 
 
 def _die_with_parent() -> None:
@@ -475,7 +560,7 @@ class WorkerPool:
             while time.monotonic() < give_up and not _dumped(w.log_path, size):
                 time.sleep(0.02)
             time.sleep(0.05)  # the dump is several writes; let the last ones land
-        w.process.kill()
+        _kill(w)
         w.process.join(timeout=5)
         self._forget(w)
         tail = _tail(w.log_path)
@@ -508,12 +593,19 @@ class WorkerPool:
         for w in self.workers:
             w.process.join(timeout=max(0.0, give_up - time.monotonic()))
             if w.process.is_alive():
-                w.process.kill()
+                _kill(w)
                 w.process.join(timeout=5)
             with contextlib.suppress(OSError):
                 w.conn.close()
         self.workers.clear()
         shutil.rmtree(self.logs, ignore_errors=True)
+
+
+def _kill(w: _Worker) -> None:
+    """Kill a worker and the processes its job started (its process group, where it made one)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.killpg(w.process.pid, signal.SIGKILL)  # a group named after the worker: never ours
+    w.process.kill()
 
 
 @contextlib.contextmanager
