@@ -173,7 +173,7 @@ class Snapshot:
             steps.append(lambda: torch.set_default_device(None if str(was["device"]) == "cpu" else was["device"]))
         steps += [
             lambda: torch._C._set_grad_enabled(was["grad"]),
-            lambda: torch._C._set_anomaly_enabled(*was["anomaly"]),
+            lambda: torch.set_anomaly_enabled(*was["anomaly"]),
             lambda: torch.set_default_dtype(was["dtype"]),
             lambda: torch.use_deterministic_algorithms(was["deterministic"][0],
                                                        warn_only=was["deterministic"][1]),

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.conftest import LOSSES, REPO, by_case, check_contract, finding_ids
+from tests.conftest import LOSSES, REPO, by_case, check_contract, finding_ids, run_gradaudit
 
 FAULTS = """
 defaults: {devices: [cpu], timeout: 2}
@@ -300,3 +300,147 @@ def test_each_worker_gets_its_share_of_the_cores(audit_config):
         _, doc = audit_config(config, "--jobs", str(jobs))
         threads = {r["loss"]["value"] for r in doc["results"]}
         assert threads == {max(1, cpus // jobs)}, (jobs, cpus, threads)
+
+
+# -- one case cannot change another's verdict (issue 14) ---------------------------------------------
+
+def _run_config(tmp_path, body: str, *args, name: str = "c", timeout: float = 240):
+    """Write a config over tests/losses, run `gradaudit run` as a real process under a watchdog,
+    and return (the process, results.json as a dict or None)."""
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(f"version: 1\nsys_path: [{LOSSES}]\n" + textwrap.dedent(body))
+    out = tmp_path / f"{name}-out"
+    proc = run_gradaudit("run", config, "-o", out, *args, timeout=timeout)
+    path = out / "results.json"
+    return proc, (json.loads(path.read_text()) if path.exists() else None)
+
+
+def _case_lines(pairs: list[tuple[str, str]]) -> str:
+    lines = ["defaults: {devices: [cpu], timeout: 60}", "cases:"]
+    lines += [f"  - {{name: {name}, loss: 'hostile:{loss}', inputs: {{x: {{shape: [4]}}}}}}" for name, loss in pairs]
+    return "\n".join(lines) + "\n"
+
+
+# (the hostile loss, the innocent loss after it whose verdict it used to change)
+POISONS = [
+    ("patches_detach", "detached"),  # the buggy detached loss passed
+    ("leaves_grad_off", "needs_grad_mode"),  # the correct loss failed, blamed on its own line
+    ("patches_mse_loss", "mse"),
+    ("patches_backward", "needs_grad_mode"),
+    ("swaps_a_module", "uses_import_module"),
+    ("leaves_default_dtype", "makes_a_tensor"),
+    ("leaves_anomaly_mode", "good"),
+]
+
+
+def _without_times(result: dict) -> dict:
+    result = dict(result)
+    result.pop("duration_s")
+    result.pop("reproduce")  # names the config file
+    return result
+
+
+@pytest.mark.parametrize("isolate", [True, False], ids=["workers", "no-isolate"])
+def test_a_case_cannot_change_the_verdict_of_a_later_one(tmp_path, isolate):
+    pairs = []
+    for i, (poison, victim) in enumerate(POISONS):
+        pairs += [(f"p{i}_{poison}", poison), (f"p{i}_{poison}_victim", victim)]
+    extra = ["--jobs", "1"] if isolate else ["--no-isolate"]
+    proc, doc = _run_config(tmp_path, _case_lines(pairs), *extra, name="together")
+    assert doc is not None, proc.stderr
+    alone_proc, alone = _run_config(tmp_path, _case_lines([p for p in pairs if p[0].endswith("_victim")]),
+                                    *extra, name="alone")
+    assert alone is not None, alone_proc.stderr
+    together, by_itself = by_case(doc), by_case(alone)
+    for name, result in by_itself.items():
+        assert _without_times(together[name]) == _without_times(result), name
+    # Each poison is reported on the case that left it, as a warning that names what it changed.
+    for i, (poison, _) in enumerate(POISONS):
+        result = together[f"p{i}_{poison}"]
+        assert "leaked-state" in finding_ids(result), (poison, result["findings"])
+    detach = next(f for f in together["p0_patches_detach"]["findings"] if f["id"] == "leaked-state")
+    assert detach["severity"] == "warn" and "torch.Tensor.detach" in detach["message"]
+    assert together["p0_patches_detach"]["status"] == "warn"
+    # The line to change is the assignment of the patch.
+    assert detach["location"]["line"] == _line_of_in("hostile.py", "torch.Tensor.detach = lambda")
+    grad = next(f for f in together["p1_leaves_grad_off"]["findings"] if f["id"] == "leaked-state")
+    assert "grad mode off" in grad["message"]
+    word = "fresh worker" if isolate else "restored it in this process"
+    assert word in grad["message"]
+
+
+def _line_of_in(filename: str, code: str) -> int:
+    lines = (LOSSES / filename).read_text().splitlines()
+    return next(i for i, text in enumerate(lines, 1) if code in text)
+
+
+def test_leaked_state_quiet_twins(tmp_path):
+    """Importing modules (new sys.modules keys, new submodule attributes) is not a leak."""
+    proc, doc = _run_config(tmp_path, _case_lines([("a", "imports_something"), ("b", "good"), ("c", "mse")]),
+                            "--jobs", "1")
+    assert doc is not None, proc.stderr
+    for name, result in by_case(doc).items():
+        assert result["status"] == "pass" and result["findings"] == [], (name, result["findings"])
+
+
+def test_expect_ignore_drops_leaked_state(tmp_path):
+    proc, doc = _run_config(tmp_path, """
+        defaults: {devices: [cpu]}
+        cases:
+          - {name: a, loss: "hostile:leaves_anomaly_mode", inputs: {x: {shape: [4]}}, expect: {ignore: [leaked-state]}}
+          - {name: b, loss: "hostile:good", inputs: {x: {shape: [4]}}}
+        """, "--jobs", "1")
+    assert {n: r["status"] for n, r in by_case(doc).items()} == {"a": "pass", "b": "pass"}, proc.stderr
+
+
+def test_audit_restores_the_callers_state():
+    import torch
+
+    from gradaudit import Spec
+    from gradaudit.api import audit
+    from tests.losses import hostile
+
+    before = (torch.is_grad_enabled(), torch.get_default_dtype(), torch.Tensor.detach, torch.is_anomaly_enabled())
+    for loss in (hostile.leaves_grad_off, hostile.patches_detach, hostile.leaves_default_dtype,
+                 hostile.leaves_anomaly_mode):
+        results = audit(loss, inputs={"x": Spec(shape=(4,))}, devices=["cpu"])
+        leaks = [f for f in results.findings if f.id == "leaked-state"]
+        assert len(leaks) == 1 and "restored it in this process" in leaks[0].message, (loss, results.findings)
+        now = (torch.is_grad_enabled(), torch.get_default_dtype(), torch.Tensor.detach, torch.is_anomaly_enabled())
+        assert now == before, loss
+
+
+def test_what_cannot_be_restored_in_process_is_said(tmp_path):
+    proc, doc = _run_config(tmp_path, _case_lines([("a", "leaves_inference_mode")]), "--no-isolate")
+    finding = next(f for f in by_case(doc)["a"]["findings"] if f["id"] == "leaked-state")
+    assert "could not undo: left inference mode on" in finding["message"], finding
+    assert finding["detail"]["unrestored"] == ["left inference mode on"]
+
+
+def test_children_of_a_case_die_with_it(tmp_path):
+    # `gradaudit run | cat` waited for a loss's child (it held the run's pipes): here stdout is a pipe.
+    start = time.monotonic()
+    proc, doc = _run_config(tmp_path, _case_lines([("a", "forks_a_sleeper"), ("b", "good")]), "--jobs", "1",
+                            timeout=80)
+    assert time.monotonic() - start < 60  # the child sleeps 90 s
+    results = by_case(doc)
+    assert results["b"]["status"] == "pass"
+    finding = next(f for f in results["a"]["findings"] if f["id"] == "leaked-state")
+    assert "child process" in finding["message"]
+
+
+def test_a_loss_that_closes_stdout_costs_nobody_else(tmp_path):
+    proc, doc = _run_config(tmp_path, _case_lines([("a", "closes_stdout"), ("b", "good"), ("c", "good")]),
+                            "--jobs", "1")
+    results = by_case(doc)
+    assert results["b"]["status"] == results["c"]["status"] == "pass", (results["b"], proc.stderr)
+    assert "closed sys.stdout" in results["a"]["summary_line"]
+
+
+@pytest.mark.parametrize("isolate", [True, False], ids=["workers", "no-isolate"])
+def test_odd_return_values_are_a_verdict_not_a_crash(tmp_path, isolate):
+    proc, doc = _run_config(tmp_path, _case_lines([("a", "returns_int_subclass"), ("b", "returns_numpy_vector")]),
+                            *(["--jobs", "1"] if isolate else ["--no-isolate"]))
+    assert doc is not None, proc.stderr
+    for result in by_case(doc).values():
+        assert result["status"] == "fail" and finding_ids(result) == ["loss-no-grad"], result

@@ -130,3 +130,15 @@ def returns_numpy_vector(x):
     import numpy
 
     return numpy.array([1.0, 2.0])
+
+
+def uses_import_module(x):
+    import importlib
+
+    functional = importlib.import_module("torch.nn.functional")
+    return functional.mse_loss(x, torch.zeros_like(x))
+
+
+def makes_a_tensor(x):
+    weight = torch.ones(x.shape)  # takes the default dtype
+    return (x * weight).sum()
