@@ -9,18 +9,16 @@ import fnmatch
 import io
 import os
 import shlex
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from gradaudit import __version__
+from gradaudit import __version__, interrupts
 from gradaudit.config import CaseSpec, Config
-from gradaudit.errors import UsageError
+from gradaudit.errors import UsageError, WorkerStartError
 from gradaudit.model import CaseResult, RunResults
 
 
@@ -165,24 +163,6 @@ def worker_count(jobs_option: int | None, n_jobs: int) -> int:
     return max(1, min(wanted, n_jobs))
 
 
-@contextlib.contextmanager
-def _interrupts_raise() -> Iterator[None]:
-    """Turn SIGTERM, like SIGINT, into KeyboardInterrupt while the run is on."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def _environment(interrupted: bool = False) -> dict:
     """The environment block; a run interrupted while torch was importing still gets one."""
     from gradaudit.environment import describe
@@ -207,14 +187,18 @@ class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM stopped a run; `results` holds what finished (the rest `skip`).
 
     A KeyboardInterrupt, so that a caller that does not know it (a test, a notebook) stops as usual.
+    `error` is set when the run stopped because gradaudit could not go on (workers that stopped
+    starting half-way), not because it was asked to.
     """
 
-    def __init__(self, results: RunResults) -> None:
-        super().__init__("the run was interrupted")
+    def __init__(self, results: RunResults, error: Exception | None = None) -> None:
+        super().__init__(str(error) if error else "the run was interrupted")
         self.results = results
+        self.error = error
 
 
 NOT_RUN = "not run: the run was interrupted before this job finished"
+NOT_STARTED = "not run: gradaudit's worker processes stopped starting before this job ran"
 IN_PROCESS_DIED = "the gradaudit process died while auditing this case (--no-isolate): a crash in the loss"
 
 
@@ -255,7 +239,8 @@ def run(config: Config, options: RunOptions,
                 results.append(lost(job.spec, job.device, config.display_path, 0.0,
                                     ErrorInfo(type="Crash", message=IN_PROCESS_DIED)))
             else:
-                results.append(skipped(job.spec, job.device, NOT_RUN, config.display_path))
+                results.append(skipped(job.spec, job.device, NOT_STARTED if failure else NOT_RUN,
+                                       config.display_path))
         run_results = RunResults(
             results=results, gradaudit_version=__version__,
             started_at=started.isoformat(timespec="seconds"), duration_s=time.perf_counter() - t0,
@@ -267,7 +252,8 @@ def run(config: Config, options: RunOptions,
 
     pool = None
     finished = False
-    with _interrupts_raise():
+    failure: Exception | None = None
+    with interrupts.on_signals():
         try:
             if not options.isolate:
                 environment = _environment()
@@ -288,13 +274,20 @@ def run(config: Config, options: RunOptions,
             finished = True
         except KeyboardInterrupt:
             pass
+        except WorkerStartError as exc:
+            if not done:
+                raise  # nothing ran: a broken environment, not a run to report
+            failure = exc  # the finished jobs are kept; the rest say why they did not run
         finally:
-            if pool is not None:
-                pool.close(kill=not finished)
-                environment = pool.environment  # this process need not import torch at all
-    if environment is None:
-        environment = _environment(interrupted=not finished)
-    results = results_now()
+            # A second Ctrl-C here must not lose what finished: it is held until the caller is done.
+            with interrupts.hold():
+                if pool is not None:
+                    pool.close(kill=not finished)
+                    environment = pool.environment  # this process need not import torch at all
+        with interrupts.hold():
+            if environment is None:
+                environment = _environment(interrupted=not finished)
+            results = results_now()
     if not finished:
-        raise RunInterrupted(results)
+        raise RunInterrupted(results, failure)
     return results

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from gradaudit.config import CaseSpec
-from gradaudit.errors import GradauditError
+from gradaudit.errors import WorkerStartError
 from gradaudit.model import CaseResult, ErrorInfo
 
 # How much of a dead worker's output a result keeps.
@@ -47,12 +47,6 @@ DUMP_GRACE_S = 0.5
 MAX_START_FAILURES = 3
 # The forkserver imports these once; every worker forked from it starts with them loaded.
 PRELOAD = ["gradaudit._preload"]
-
-
-class WorkerStartError(GradauditError):
-    """Workers cannot start at all (a broken environment, not a broken loss)."""
-
-    exit_code = 1
 
 
 @dataclass

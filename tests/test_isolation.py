@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import sys
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -444,3 +446,49 @@ def test_odd_return_values_are_a_verdict_not_a_crash(tmp_path, isolate):
     assert doc is not None, proc.stderr
     for result in by_case(doc).values():
         assert result["status"] == "fail" and finding_ids(result) == ["loss-no-grad"], result
+
+
+def _slow_config(tmp_path, n: int = 40) -> Path:
+    lines = ["version: 1", f"sys_path: [{LOSSES}]", "defaults: {devices: [cpu]}", "cases:"]
+    lines += [f"  - {{name: slow{i:02}, loss: 'faults:slow_good', inputs: {{x: {{shape: [4]}}}}}}"
+              for i in range(n)]
+    config = tmp_path / "slow.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+def _start(tmp_path, *args, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "gradaudit", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+
+
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_more_signals_while_stopping_still_leave_the_reports(tmp_path, second):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    out = tmp_path / "out"
+    proc = _start(tmp_path, "run", _slow_config(tmp_path), "-o", out, "--jobs", "2", env={"TMPDIR": str(scratch)})
+    watchdog = threading.Timer(120, proc.kill)
+    watchdog.start()
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("PASS"), first + proc.stderr.read()
+        proc.send_signal(signal.SIGINT)
+        # Keep signalling while it stops its workers and writes the reports.
+        give_up = time.monotonic() + 5
+        while proc.poll() is None and time.monotonic() < give_up:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(second)
+            time.sleep(0.005)
+        out_text, err = proc.communicate(timeout=60)
+    finally:
+        watchdog.cancel()
+        proc.kill()
+    assert proc.returncode == 130, err
+    check_contract(out / "results.json")
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["interrupted"] is True and "pass" in {r["status"] for r in doc["results"]}
+    assert "</html>" in (out / "index.html").read_text()
+    assert not [p.name for p in scratch.iterdir() if p.name.startswith("gradaudit-workers-")]
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "results.json"]
