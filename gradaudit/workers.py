@@ -292,7 +292,13 @@ def _become_worker(log_path: str) -> int:
 
         # A crashing loss should cost a line in the report, not a core file of torch's size.
         resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    except OSError as exc:
+        # Not a traceback on the user's terminal: the parent says why workers cannot start.
+        with contextlib.suppress(OSError):
+            os.write(2, f"gradaudit: a worker cannot open its log {log_path}: {exc.strerror}\n".encode())
+        os._exit(70)
     sys.stdout.flush()
     sys.stderr.flush()
     os.dup2(log_fd, 1)

@@ -306,13 +306,13 @@ def test_each_worker_gets_its_share_of_the_cores(audit_config):
 
 # -- one case cannot change another's verdict (issue 14) ---------------------------------------------
 
-def _run_config(tmp_path, body: str, *args, name: str = "c", timeout: float = 240):
+def _run_config(tmp_path, body: str, *args, name: str = "c", timeout: float = 240, env: dict | None = None):
     """Write a config over tests/losses, run `gradaudit run` as a real process under a watchdog,
     and return (the process, results.json as a dict or None)."""
     config = tmp_path / f"{name}.yaml"
     config.write_text(f"version: 1\nsys_path: [{LOSSES}]\n" + textwrap.dedent(body))
     out = tmp_path / f"{name}-out"
-    proc = run_gradaudit("run", config, "-o", out, *args, timeout=timeout)
+    proc = run_gradaudit("run", config, "-o", out, *args, timeout=timeout, env=env)
     path = out / "results.json"
     return proc, (json.loads(path.read_text()) if path.exists() else None)
 
@@ -492,3 +492,121 @@ def test_more_signals_while_stopping_still_leave_the_reports(tmp_path, second):
     assert "</html>" in (out / "index.html").read_text()
     assert not [p.name for p in scratch.iterdir() if p.name.startswith("gradaudit-workers-")]
     assert sorted(p.name for p in out.iterdir()) == ["index.html", "results.json"]
+
+
+# -- outputs: checked before the run, never lost after it ------------------------------------------
+
+GOOD = _case_lines([("a", "good"), ("b", "good")])
+
+
+@pytest.mark.parametrize("where", ["o-is-a-file", "o-under-a-file", "junit-is-a-folder"])
+def test_an_output_that_cannot_be_written_is_refused_before_the_run(tmp_path, where):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    args = {"o-is-a-file": ["-o", blocker], "o-under-a-file": ["-o", blocker / "report"],
+            "junit-is-a-folder": ["-o", tmp_path / "out", "--junit", tmp_path]}[where]
+    config = tmp_path / "c.yaml"
+    config.write_text(f"version: 1\nsys_path: [{LOSSES}]\n" + GOOD)
+    proc = run_gradaudit("run", config, *args, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "PASS" not in proc.stdout  # nothing ran
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to fill a disk")
+def test_a_report_that_cannot_be_written_keeps_the_results(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"version: 1\nsys_path: [{LOSSES}]\n" + GOOD)
+    # The markdown summary hits a full disk: results.json is already in place.
+    out = tmp_path / "out"
+    proc = run_gradaudit("run", config, "-o", out, "--markdown", "/dev/full", timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    line = [t for t in proc.stderr.splitlines() if t.startswith("error:")]
+    assert len(line) == 1 and "No space left on device" in line[0] and str(out / "results.json") in line[0]
+    check_contract(out / "results.json")
+    # results.json itself hits it: it is kept in the temporary folder, and the line says where.
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "results.json").symlink_to("/dev/full")
+    proc = run_gradaudit("run", config, "-o", full, timeout=120, env={"TMPDIR": str(scratch)})
+    assert proc.returncode == 3, proc.stderr
+    kept = list(scratch.glob("gradaudit-results-*.json"))
+    assert len(kept) == 1 and str(kept[0]) in proc.stderr and "Traceback" not in proc.stderr
+    check_contract(kept[0])
+    assert {r["status"] for r in json.loads(kept[0].read_text())["results"]} == {"pass"}
+
+
+def test_a_worker_that_stops_starting_keeps_the_finished_results(tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    proc, doc = _run_config(tmp_path, _case_lines([("a", "good"), ("b", "breaks_worker_start"), ("c", "good"),
+                                                   ("d", "good")]), "--jobs", "1", env={"TMPDIR": str(scratch)})
+    assert proc.returncode == 1, proc.stderr
+    assert "worker processes cannot start" in proc.stderr and "Traceback" not in proc.stderr
+    assert doc is not None, proc.stderr
+    results = by_case(doc)
+    assert results["a"]["status"] == "pass" and results["b"]["status"] == "crash"
+    assert {results[n]["status"] for n in "cd"} == {"skip"}
+    assert "stopped starting" in results["c"]["skip_reason"]
+
+
+def test_a_signal_while_reports_are_written_waits_for_them(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"version: 1\nsys_path: [{LOSSES}]\n" + GOOD)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "index.html").write_text("stale")
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        import gradaudit.htmlreport as html
+        real = html.write_html
+        def write_html(results, stream):
+            os.kill(os.getpid(), signal.SIGTERM)  # a cancelled CI job, mid-write
+            real(results, stream)
+        html.write_html = write_html
+        from gradaudit.cli import app
+        sys.argv = ["gradaudit", "run", {str(config)!r}, "-o", {str(out)!r}]
+        app()
+        """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 130, proc.stderr
+    assert (out / "index.html").read_text() != "stale"
+    check_contract(out / "results.json")
+
+
+def test_a_loss_that_changes_directory_moves_nothing(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    config = tmp_path / "c.yaml"
+    config.write_text(f"version: 1\nsys_path: [{LOSSES}]\n"
+                      + _case_lines([("a", "good"), ("b", "changes_directory"), ("c", "good")]))
+    proc = run_gradaudit("run", "c.yaml", "-o", "out", "--no-isolate", cwd=tmp_path, timeout=120,
+                         env={"GRADAUDIT_TEST_ELSEWHERE": str(elsewhere)})
+    assert list(elsewhere.iterdir()) == [], proc.stderr
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    results = by_case(doc)
+    assert results["a"]["status"] == results["c"]["status"] == "pass"
+    assert results["b"]["status"] == "warn" and "changed the working folder" in results["b"]["summary_line"]
+    assert doc["interrupted"] is False
+
+
+@pytest.mark.skipif(os.name != "posix", reason="folder locks use flock")
+def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
+    import fcntl
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"version: 1\nsys_path: [{LOSSES}]\n" + GOOD)
+    out = tmp_path / "out"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running gradaudit holds
+        proc = run_gradaudit("run", config, "-o", out, timeout=120)
+    finally:
+        os.close(fd)
+    assert proc.returncode == 2 and "another gradaudit run is writing into this folder" in proc.stderr
+    assert list(out.iterdir()) == []

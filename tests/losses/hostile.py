@@ -142,3 +142,14 @@ def uses_import_module(x):
 def makes_a_tensor(x):
     weight = torch.ones(x.shape)  # takes the default dtype
     return (x * weight).sum()
+
+
+def breaks_worker_start(x):
+    # Deletes the folder where gradaudit's workers keep their logs, then dies: no new worker starts.
+    import glob
+    import shutil
+    import tempfile
+
+    for folder in glob.glob(os.path.join(tempfile.gettempdir(), "gradaudit-workers-*")):
+        shutil.rmtree(folder, ignore_errors=True)
+    os._exit(3)
