@@ -160,7 +160,8 @@ def run(
     fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Exit 1 on fail only, on warn too, or only "
                                             "on failures new since --baseline.")]
     = FailOn.fail,
-    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds per case and device.")]
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds per case and device "
+                                                     "(inf: no limit).")]
     = None,
     no_isolate: Annotated[bool, typer.Option("--no-isolate", help="Run in this process, one job at a time "
                                              "(debugging; a crash ends the run).")]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -422,7 +423,10 @@ def _check_settings(settings: dict, defaults: dict, case: dict, path: tuple, c: 
             c.error(_origin(defaults, case, path, key), f"{key} must be at least 1")
     for key in ("timeout", "rtol", "atol"):
         value = settings.get(key)
-        if isinstance(value, (int, float)) and value < 0:
+        if isinstance(value, float) and math.isnan(value):
+            c.error(_origin(defaults, case, path, key), f"{key} must be a number, not NaN"
+                    + (" (.inf means no limit)" if key == "timeout" else ""))
+        elif isinstance(value, (int, float)) and value < 0:
             c.error(_origin(defaults, case, path, key), f"{key} must not be negative")
     if isinstance(settings.get("max_memory_mb"), int) and settings["max_memory_mb"] < 1:
         c.error(_origin(defaults, case, path, "max_memory_mb"), "max_memory_mb must be at least 1")

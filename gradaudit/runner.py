@@ -52,6 +52,8 @@ class Job:
 
 def select_jobs(config: Config, options: RunOptions) -> list[Job]:
     """Expand the config into case x device jobs, in config order, applying the options."""
+    if options.timeout is not None and not options.timeout > 0:  # NaN fails this too
+        raise UsageError(f"--timeout {options.timeout:g}: give a positive number of seconds (inf: no limit)")
     specs = config.cases
     if options.case_globs:
         specs = [s for s in specs if any(fnmatch.fnmatchcase(s.name, g) or fnmatch.fnmatchcase(s.base_name, g)

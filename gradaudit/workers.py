@@ -43,6 +43,8 @@ TAIL_BYTES = 6000
 TAIL_LINES = 40
 # A timed-out worker gets this long to dump its stack before it is killed.
 DUMP_GRACE_S = 0.5
+# The longest single wait for workers; a deadline further off is waited for in steps.
+MAX_WAIT_S = 3600.0
 # Workers that die before they are ready, in a row, before the run gives up.
 MAX_START_FAILURES = 3
 # The forkserver imports these once; every worker forked from it starts with them loaded.
@@ -480,7 +482,7 @@ class WorkerPool:
         index, job = item
         w.job = item
         w.started = time.monotonic()
-        w.deadline = w.started + float(job.spec.timeout)
+        w.deadline = w.started + float(job.spec.timeout)  # inf: no limit
         try:
             w.conn.send((index, job.spec, job.device))
         except (BrokenPipeError, OSError):
@@ -492,7 +494,8 @@ class WorkerPool:
             handles[w.conn] = w
             handles[w.process.sentinel] = w
         busy = [w.deadline for w in self.workers if w.job]
-        timeout = max(0.0, min(busy) - time.monotonic()) if busy else None
+        # An infinite (or astronomically long) timeout never passes; wait() takes bounded waits.
+        timeout = min(MAX_WAIT_S, max(0.0, min(busy) - time.monotonic())) if busy else None
         ready = wait(list(handles), timeout)
         for w in {id(handles[h]): handles[h] for h in ready}.values():
             yield from self._service(w)

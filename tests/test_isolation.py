@@ -610,3 +610,42 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
         os.close(fd)
     assert proc.returncode == 2 and "another gradaudit run is writing into this folder" in proc.stderr
     assert list(out.iterdir()) == []
+
+
+# -- timeouts ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [".inf", "1.0e+300"])
+def test_an_infinite_timeout_means_no_limit(tmp_path, value):
+    proc, doc = _run_config(tmp_path, f"""
+        defaults: {{devices: [cpu], timeout: {value}}}
+        cases:
+          - {{name: a, loss: "hostile:good", inputs: {{x: {{shape: [4]}}}}}}
+        """, "--jobs", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert by_case(doc)["a"]["status"] == "pass"
+
+
+def test_timeout_inf_on_the_command_line_means_no_limit(tmp_path):
+    proc, doc = _run_config(tmp_path, GOOD, "--jobs", "1", "--timeout", "inf")
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("value, message", [(".nan", "timeout must be a number, not NaN"),
+                                            ("-1", "timeout must not be negative"),
+                                            ("0", "timeout must be positive")])
+def test_a_timeout_that_is_no_limit_is_a_config_error(write_config, cli_invoke, value, message):
+    path = write_config(f"""
+        version: 1
+        defaults: {{timeout: {value}}}
+        cases:
+          - {{name: a, loss: "faults:good", inputs: {{x: {{shape: [4]}}}}}}
+        """)
+    result = cli_invoke(["validate", path], exit_code=2)
+    assert "config.yaml:3:" in result.output and message in result.output, result.output
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "0"])
+def test_a_bad_timeout_option_is_a_usage_error(write_config, cli_invoke, value):
+    path = write_config(f"version: 1\nsys_path: [{LOSSES}]\n" + GOOD)
+    result = cli_invoke(["run", path, "--timeout", value, "-o", path.parent / "out"], exit_code=2)
+    assert "--timeout" in result.output and "positive number of seconds" in result.output
