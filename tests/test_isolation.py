@@ -649,3 +649,42 @@ def test_a_bad_timeout_option_is_a_usage_error(write_config, cli_invoke, value):
     path = write_config(f"version: 1\nsys_path: [{LOSSES}]\n" + GOOD)
     result = cli_invoke(["run", path, "--timeout", value, "-o", path.parent / "out"], exit_code=2)
     assert "--timeout" in result.output and "positive number of seconds" in result.output
+
+
+# -- hostile configs: bounded, with a clear error naming file and line --------------------------------
+
+def _bomb() -> str:
+    lines = ["version: 1", 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    previous = "a"
+    for name in "bcdefghi":  # 9**9 strings after expansion
+        lines.append(f"{name}: &{name} [" + ", ".join([f"*{previous}"] * 9) + "]")
+        previous = name
+    lines.append("cases: [{name: x, loss: 'faults:good', inputs: {x: {shape: [1]}}, kwargs: {k: *i}}]")
+    return "\n".join(lines) + "\n"
+
+
+def _deep(levels: int) -> str:
+    return ("version: 1\ncases:\n  - name: a\n    loss: faults:good\n    inputs: {x: {shape: [4]}}\n"
+            f"    kwargs: {{k: {'[' * levels}{']' * levels}}}\n")
+
+
+def _matrix() -> str:
+    sizes = "[" + ", ".join(str(i) for i in range(1, 14)) + "]"
+    return ("version: 1\ncases:\n  - name: a\n    loss: faults:good\n"
+            f"    dims: {{A: {sizes}, B: {sizes}, C: {sizes}, D: {sizes}, E: {sizes}}}\n"
+            "    inputs: {x: {shape: [A, B, C, D, E]}}\n")
+
+
+@pytest.mark.parametrize("text, where, message", [
+    (_bomb(), ":2:", "expands to more than 200,000 values"),
+    ("version: 1\ncases: &a\n  - *a\n", ":2:", "recursive alias"),
+    (_deep(500), ":6:", "nested more than 64 levels deep"),
+    (_matrix(), ":5:", "expands to 371,293 cases (13 x 13 x 13 x 13 x 13); at most 10,000"),
+], ids=["alias-bomb", "recursive-alias", "deep-nesting", "matrix-explosion"])
+def test_a_hostile_config_is_a_config_error_not_a_hang(tmp_path, text, where, message):
+    path = tmp_path / "hostile.yaml"
+    path.write_text(text)
+    proc = run_gradaudit("validate", path, timeout=90)  # before the bounds: 1.7 GB after 60 s, or a traceback
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert f"hostile.yaml{where}" in proc.stderr and message in proc.stderr, proc.stderr
