@@ -271,7 +271,8 @@ def report(
 
     with interrupts.on_signals(last=True):
         try:
-            merged = read_merged(results_files)
+            merged = read_merged(results_files, warn=lambda text: err_console.print(f"warning: {text}",
+                                                                                   markup=False))
             old = read_baseline(baseline)
             if old is not None:
                 from gradaudit.baseline import apply_baseline
