@@ -132,7 +132,9 @@ def exit_code_of(results, fail_on: str = "fail") -> int:
 
 
 def _fail(exc: GradauditError) -> None:
-    err_console.print(f"error: {exc}", markup=False, soft_wrap=True)
+    from gradaudit.safetext import safe_text
+
+    err_console.print(f"error: {safe_text(exc)}", markup=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
 
 
@@ -177,9 +179,6 @@ def run(
     from gradaudit.runner import run as run_config
     from gradaudit.terminal import RunProgress, print_summary
 
-    # Absolute from here on: a loss that changes the working folder (in-process) cannot move them.
-    output, json_path, junit, markdown = (p.absolute() if p is not None else None
-                                          for p in (output, json_path, junit, markdown))
     progress = RunProgress(console, quiet=quiet)
     stopped_by: Exception | None = None
     with interrupts.on_signals(last=True):

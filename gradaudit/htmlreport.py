@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import IO, Any
 
 import jinja2
+import markupsafe
 
 from gradaudit.baseline import LABELS as BASELINE_LABELS
 from gradaudit.baseline import describe as describe_baseline
@@ -27,6 +28,7 @@ from gradaudit.model import (
     Location,
     RunResults,
 )
+from gradaudit.safetext import safe_text
 
 TEMPLATE = "report.html.j2"
 # Symbols beside every status word, so status never rests on colour alone.
@@ -55,7 +57,15 @@ def environment() -> jinja2.Environment:
     """The Jinja2 environment; autoescape is on for every template, whatever its suffix."""
     return jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir())), autoescape=True,
                               undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                              keep_trailing_newline=True)
+                              keep_trailing_newline=True, finalize=_printable)
+
+
+def _printable(value: object) -> object:
+    """Every value a template prints, with control characters shown as escapes (our own markup,
+    such as inlined assets and `|tojson` data, is left as it is)."""
+    if isinstance(value, str) and not isinstance(value, markupsafe.Markup):
+        return safe_text(value)
+    return value
 
 
 # -- display data ------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ from rich.table import Table
 from gradaudit.baseline import FIXED, LABELS
 from gradaudit.baseline import describe as describe_baseline
 from gradaudit.model import CaseResult, Finding, RunResults
+from gradaudit.safetext import safe_text
 
 BASELINE_STYLE = {"new-failure": "bold red", "still-failing": "yellow", "fixed": "green", "new-case": "cyan"}
 STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "error": "bold magenta",
@@ -18,7 +19,7 @@ STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "error": 
 def status_text(result: CaseResult) -> str:
     style = STATUS_STYLE.get(result.status, "")
     label = result.status.upper() + (" (expected)" if result.expected else "")
-    return f"[{style}]{label}[/]"
+    return f"[{style}]{escape(safe_text(label))}[/]"
 
 
 def result_line(result: CaseResult) -> str:
@@ -30,7 +31,7 @@ def result_line(result: CaseResult) -> str:
         text += f" ({LABELS[result.baseline]})"
     if result.summary_line and result.status != "pass":
         text += f"  {result.summary_line}"
-    return text
+    return safe_text(text, lines=False)
 
 
 def print_summary(results: RunResults, console: Console) -> None:
@@ -55,8 +56,8 @@ def print_summary(results: RunResults, console: Console) -> None:
         table.add_column("what broke, where", overflow="fold")
         for r in shown:
             mark = [f"[{BASELINE_STYLE[r.baseline]}]{LABELS[r.baseline]}[/]" if r.baseline else ""]
-            table.add_row(escape(r.case), escape(r.device), status_text(r),
-                          *(mark if results.baseline else []), escape(r.summary_line))
+            table.add_row(escape(safe_text(r.case)), escape(safe_text(r.device)), status_text(r),
+                          *(mark if results.baseline else []), escape(safe_text(r.summary_line)))
         console.print(table)
     console.print(f"gradaudit: {escape(results.summary.line())} in {results.duration_s:.1f}s")
     if results.baseline:
@@ -71,7 +72,7 @@ def finding_text(finding: Finding) -> str:
         text += f"\n  at {loc.where}" + (f" in {loc.function}" if loc.function else "")
         if loc.code:
             text += f": {loc.code}"
-    return text
+    return safe_text(text)
 
 
 def result_text(result: CaseResult) -> str:
@@ -87,7 +88,7 @@ def result_text(result: CaseResult) -> str:
         lines.append(f"  {result.summary_line}")
     if result.status != "pass" and result.reproduce:
         lines.append(f"  reproduce: {result.reproduce}")
-    return "\n".join(lines)
+    return safe_text("\n".join(lines))
 
 
 def plain_summary(results: RunResults, only: list[CaseResult] | None = None) -> str:
@@ -137,7 +138,7 @@ class RunProgress:
 
 def rich_line(result: CaseResult) -> str:
     """One coloured line per finished result, for the terminal."""
-    text = f"{status_text(result)} {escape(result.case)} [dim]\\[{escape(result.device)}][/]"
+    text = f"{status_text(result)} {escape(safe_text(result.case))} [dim]\\[{escape(safe_text(result.device))}][/]"
     if result.summary_line and result.status != "pass":
-        text += f"  {escape(result.summary_line)}"
+        text += f"  {escape(safe_text(result.summary_line, lines=False))}"
     return text

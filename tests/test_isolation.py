@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -688,3 +690,92 @@ def test_a_hostile_config_is_a_config_error_not_a_hang(tmp_path, text, where, me
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
     assert f"hostile.yaml{where}" in proc.stderr and message in proc.stderr, proc.stderr
+
+
+# -- control characters never act in any output -----------------------------------------------------
+
+HOSTILE = "bad\x1b[2K\rPASS    fake [cpu]\x00\x07\x9b\u202e done"
+RAW_CONTROLS = ["\x1b", "\r", "\x00", "\x07", "\x9b", "\u202e"]
+
+
+def _hostile_run():
+    from gradaudit.model import ErrorInfo
+    from tests import reportdata
+
+    bad = reportdata.ratio_fail()
+    bad.summary_line = HOSTILE
+    bad.findings[-1].message = HOSTILE
+    bad.findings[-1].location.code = HOSTILE
+    bad.error = ErrorInfo("ValueError", HOSTILE, traceback=f"Traceback:\n  {HOSTILE}\n")
+    bad.warnings = [HOSTILE]
+    return reportdata.sample_run([bad, reportdata.passing("good")])
+
+
+def test_safe_text_shows_controls_as_escapes():
+    from gradaudit.safetext import safe_text
+
+    assert safe_text(HOSTILE) == "bad\\x1b[2K\\rPASS    fake [cpu]\\x00\\x07\\x9b\\u202e done"
+    assert safe_text("two\nlines\tand a tab") == "two\nlines\tand a tab"
+    assert safe_text("two\nlines", lines=False) == "two\\nlines"
+
+
+def test_no_control_character_reaches_any_report(tmp_path, cli_invoke):
+    from gradaudit.jsonreport import write_json
+
+    path = tmp_path / "results.json"
+    with path.open("w", encoding="utf-8") as stream:
+        write_json(_hostile_run(), stream)
+    out = tmp_path / "out"
+    result = cli_invoke(["report", path, "-o", out, "--junit", out / "j.xml", "--markdown", out / "s.md"])
+    for name in ("index.html", "j.xml", "s.md"):
+        text = (out / name).read_text(encoding="utf-8")
+        found = [c for c in RAW_CONTROLS if c in text]
+        assert not found, (name, found)
+        assert "\\x1b[2K" in text.replace("\\\\", "\\").replace("\\[", "["), name  # shown, not dropped
+    assert not [c for c in RAW_CONTROLS if c in result.output]
+
+
+def test_no_control_character_reaches_the_terminal():
+    import io
+
+    from rich.console import Console
+
+    from gradaudit.terminal import RunProgress, print_summary, result_line, result_text, rich_line
+
+    run = _hostile_run()
+    bad = run.results[0]
+    for text in (result_line(bad), rich_line(bad), result_text(bad), repr(run)):
+        assert not [c for c in RAW_CONTROLS if c in text], text
+    for terminal in (True, False):
+        stream = io.StringIO()
+        console = Console(file=stream, force_terminal=terminal, width=200)
+        progress = RunProgress(console)
+        progress.start(2)
+        for r in run.results:
+            progress.result(r)
+        progress.stop()
+        print_summary(run, console)
+        # Rich's own colours are ESC sequences on a terminal: strip those, then look for the loss's.
+        shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", stream.getvalue()).replace("\r", "")
+        assert "\\x1b[2K" in shown and not [c for c in RAW_CONTROLS if c in shown], shown
+        if terminal:
+            assert "\x1b[2K\rPASS" not in stream.getvalue()
+
+
+def test_a_loss_cannot_draw_over_the_terminal(tmp_path):
+    proc, doc = _run_config(tmp_path, _case_lines([("a", "prints_escapes")]), "--jobs", "1")
+    assert by_case(doc)["a"]["status"] == "fail"
+    assert "bad\\x1b[2K" in proc.stdout
+    assert not [c for c in RAW_CONTROLS if c in proc.stdout + proc.stderr], proc.stdout
+
+
+def test_a_hostile_status_in_results_json_does_not_inject_html():
+    from gradaudit.markdownreport import write_markdown
+    from tests import reportdata
+
+    run = reportdata.sample_run([reportdata.ratio_fail()])
+    run.results[0].status = "<img src=x onerror=alert(1)>"
+    stream = io.StringIO()
+    write_markdown(run, stream)
+    assert "<img" not in stream.getvalue()
+    assert "\\<IMG" in stream.getvalue()
