@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import sys
-import types
 from dataclasses import dataclass
 from itertools import islice
 from typing import Any
@@ -28,6 +27,7 @@ class Change:
     text: str  # "left grad mode off", "replaced torch.Tensor.detach"
     code: Any = None  # the function now in place of an attribute, to point at its line
     restorable: bool = True
+    undo: Any = None  # puts an attribute, module or variable back (switches are reset together)
 
 
 def _watched() -> list[tuple[str, Any]]:
@@ -96,10 +96,9 @@ class Snapshot:
             return found + self._environ_changes()
         for key, module in self.modules.items.items():
             now = sys.modules.get(key, _MISSING)
-            if now is _MISSING:
-                found.append(Change(f"removed sys.modules[{key!r}]"))
-            elif now is not module:
-                found.append(Change(f"replaced sys.modules[{key!r}]"))
+            if now is not module:
+                found.append(Change(f"{'removed' if now is _MISSING else 'replaced'} sys.modules[{key!r}]",
+                                    undo=lambda key=key, module=module: sys.modules.__setitem__(key, module)))
         return found + self._environ_changes()
 
     def _environ_changes(self) -> list[Change]:
@@ -108,9 +107,10 @@ class Snapshot:
         if environ == self.environ:
             return found
         for key in sorted(set(self.environ) | set(environ)):
-            if self.environ.get(key) != environ.get(key):
+            if self.environ.get(key) != environ.get(key) and not key.lstrip("_").startswith(_TORCH_VARIABLES):
                 verb = "set" if key not in self.environ else ("unset" if key not in environ else "changed")
-                found.append(Change(f"{verb} the environment variable {key}"))
+                found.append(Change(f"{verb} the environment variable {key}",
+                                    undo=lambda key=key, value=self.environ.get(key): _set_variable(key, value)))
         return found
 
     def _switch_changes(self, now: dict[str, Any]) -> list[Change]:
@@ -195,16 +195,12 @@ class Snapshot:
         for stream in ("stdout", "stderr"):
             if getattr(sys, stream) is not was[stream][0]:
                 setattr(sys, stream, was[stream][0])
-        for _, ns, before in self.attributes:
-            _restore_attributes(ns, before.items)
-        for key, module in self.modules.items.items():
-            if sys.modules.get(key, _MISSING) is not module:
-                sys.modules[key] = module
-        for key in set(os.environ) - set(self.environ):
-            os.environ.pop(key, None)
-        for key, value in self.environ.items():
-            if os.environ.get(key) != value:
-                os.environ[key] = value
+        for change in self.changes():
+            if change.undo is not None:
+                try:
+                    change.undo()
+                except Exception:  # noqa: BLE001 - still different: reported below
+                    pass
         return self.changes()
 
 
@@ -243,18 +239,18 @@ def _attribute_changes(name: str, ns: Any, snapshot: _Namespace) -> list[Change]
         before = snapshot.items
         for key, value in before.items():
             current = now.get(key, _MISSING)
-            if current is _MISSING:
-                found.append(Change(f"deleted {name}.{key}"))
-            elif current is not value:
-                found.append(Change(f"replaced {name}.{key}", code=current))
+            if current is not value and not _made_by_torch(current):
+                found.append(Change(f"{'deleted' if current is _MISSING else 'replaced'} {name}.{key}",
+                                    code=None if current is _MISSING else current,
+                                    undo=lambda key=key, value=value: setattr(ns, key, value)))
         added = [key for key in now if key not in before]
-    is_module = isinstance(ns, types.ModuleType)
+    # A new attribute of a class matters where it hides an inherited one (`torch.Tensor.detach`
+    # lives in its C base); a new attribute of a module (a submodule, a helper) changes nothing.
     for key in added:
         value = now[key]
-        # Importing a submodule sets it as an attribute of its package: that is not a patch.
-        if is_module and isinstance(value, types.ModuleType):
-            continue
-        found.append(Change(f"{'replaced' if _inherited(ns, key) else 'set'} {name}.{key}", code=value))
+        if isinstance(ns, type) and _inherited(ns, key) and not _made_by_torch(value):
+            found.append(Change(f"replaced {name}.{key}", code=value,
+                                undo=lambda key=key: delattr(ns, key)))
     return found
 
 
@@ -262,22 +258,28 @@ def _inherited(ns: Any, key: str) -> bool:
     return isinstance(ns, type) and any(key in vars(base) for base in ns.__mro__[1:])
 
 
-def _restore_attributes(ns: Any, before: dict[str, Any]) -> None:
-    now = vars(ns)
-    is_module = isinstance(ns, types.ModuleType)
-    for key in list(now.keys() - before.keys()):
-        if is_module and isinstance(now[key], types.ModuleType):
-            continue
-        try:
-            delattr(ns, key)
-        except (AttributeError, TypeError):
-            pass
-    for key, value in before.items():
-        if now.get(key, _MISSING) is not value:
-            try:
-                setattr(ns, key, value)
-            except (AttributeError, TypeError):
-                pass
+def _made_by_torch(value: Any) -> bool:
+    """Whether a new attribute value is torch's own code: torch patches itself on first use (the
+    first torch.compile wraps torch.manual_seed and nn.Module.__init__), which is no case's doing."""
+    code = getattr(getattr(value, "__func__", value), "__code__", None)
+    return code is not None and code.co_filename.startswith(_torch_folder())
+
+
+def _torch_folder() -> str:
+    import torch
+
+    return os.path.dirname(os.path.abspath(torch.__file__)) + os.sep
+
+
+# Variables torch and its compilers set for themselves (TORCHINDUCTOR_CACHE_DIR, ...).
+_TORCH_VARIABLES = ("TORCH", "PYTORCH", "TRITON", "CUDA", "CUBLAS", "KMP_", "OMP_", "MKL", "NCCL")
+
+
+def _set_variable(key: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(key, None)
+    else:
+        os.environ[key] = value
 
 
 def _pop_modes(length, pop, wanted: int) -> None:

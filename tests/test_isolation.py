@@ -7,9 +7,11 @@ import io
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -18,6 +20,16 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import LOSSES, REPO, by_case, check_contract, finding_ids, run_gradaudit
+
+
+@pytest.fixture
+def short_tmp():
+    """A temporary folder with a short path, for TMPDIR: multiprocessing puts its forkserver's
+    socket there, and a socket path has at most 107 bytes (pytest-xdist's tmp_path can be longer)."""
+    folder = Path(tempfile.mkdtemp(prefix="ga-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
 
 FAULTS = """
 defaults: {devices: [cpu], timeout: 2}
@@ -172,14 +184,13 @@ def _gradaudit(*args, **kwargs) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_an_interrupt_writes_the_finished_cases_and_exits_130(tmp_path, signum):
+def test_an_interrupt_writes_the_finished_cases_and_exits_130(tmp_path, short_tmp, signum):
     lines = ["version: 1", f"sys_path: [{LOSSES}]", "defaults: {devices: [cpu]}", "cases:"]
     lines += [f"  - {{name: slow{i:02}, loss: 'faults:slow_good', inputs: {{x: {{shape: [4]}}}}}}"
               for i in range(40)]
     config = tmp_path / "slow.yaml"
     config.write_text("\n".join(lines) + "\n")
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
+    scratch = short_tmp
     env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(scratch)}
     proc = subprocess.Popen([sys.executable, "-m", "gradaudit", "run", str(config), "-o",
                              str(tmp_path / "out"), "--jobs", "2"],
@@ -466,9 +477,8 @@ def _start(tmp_path, *args, env: dict | None = None) -> subprocess.Popen:
 
 
 @pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_more_signals_while_stopping_still_leave_the_reports(tmp_path, second):
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
+def test_more_signals_while_stopping_still_leave_the_reports(tmp_path, short_tmp, second):
+    scratch = short_tmp
     out = tmp_path / "out"
     proc = _start(tmp_path, "run", _slow_config(tmp_path), "-o", out, "--jobs", "2", env={"TMPDIR": str(scratch)})
     watchdog = threading.Timer(120, proc.kill)
@@ -517,7 +527,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_run(tmp_path, wh
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to fill a disk")
-def test_a_report_that_cannot_be_written_keeps_the_results(tmp_path):
+def test_a_report_that_cannot_be_written_keeps_the_results(tmp_path, short_tmp):
     config = tmp_path / "c.yaml"
     config.write_text(f"version: 1\nsys_path: [{LOSSES}]\n" + GOOD)
     # The markdown summary hits a full disk: results.json is already in place.
@@ -528,8 +538,7 @@ def test_a_report_that_cannot_be_written_keeps_the_results(tmp_path):
     assert len(line) == 1 and "No space left on device" in line[0] and str(out / "results.json") in line[0]
     check_contract(out / "results.json")
     # results.json itself hits it: it is kept in the temporary folder, and the line says where.
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
+    scratch = short_tmp
     full = tmp_path / "full"
     full.mkdir()
     (full / "results.json").symlink_to("/dev/full")
@@ -541,9 +550,8 @@ def test_a_report_that_cannot_be_written_keeps_the_results(tmp_path):
     assert {r["status"] for r in json.loads(kept[0].read_text())["results"]} == {"pass"}
 
 
-def test_a_worker_that_stops_starting_keeps_the_finished_results(tmp_path):
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
+def test_a_worker_that_stops_starting_keeps_the_finished_results(tmp_path, short_tmp):
+    scratch = short_tmp
     proc, doc = _run_config(tmp_path, _case_lines([("a", "good"), ("b", "breaks_worker_start"), ("c", "good"),
                                                    ("d", "good")]), "--jobs", "1", env={"TMPDIR": str(scratch)})
     assert proc.returncode == 1, proc.stderr
