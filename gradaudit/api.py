@@ -7,6 +7,7 @@ function behind `gradaudit run`. No torch is imported until `audit()` is called.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -19,6 +20,47 @@ if TYPE_CHECKING:
     from gradaudit.config import CaseSpec
 
 _UNSET = object()
+
+
+class AuditResults(RunResults):
+    """What `audit()` returns: the run's results (a RunResults), with the conveniences of a test or
+    a notebook. They sit here, above the result model, because they call the reporters."""
+
+    @classmethod
+    def of(cls, results: RunResults) -> AuditResults:
+        return cls(**{f.name: getattr(results, f.name) for f in dataclasses.fields(RunResults)})
+
+    def to_json(self) -> str:
+        """The results.json text of this run."""
+        import io
+
+        from gradaudit.jsonreport import write_json
+
+        stream = io.StringIO()
+        write_json(self, stream)
+        return stream.getvalue()
+
+    def __repr__(self) -> str:
+        from gradaudit.terminal import plain_summary
+
+        return plain_summary(self)
+
+    def _repr_html_(self) -> str:
+        from gradaudit.notebook import results_html
+
+        return results_html(self)
+
+    def raise_for_findings(self, fail_on: str = "fail") -> None:
+        """Raise AssertionError, worded like the terminal summary, if a result failed.
+
+        With fail_on="warn", warnings fail too (as `gradaudit run --fail-on warn`).
+        """
+        from gradaudit.terminal import plain_summary
+
+        __tracebackhide__ = True  # pytest: show the test's line, not this one
+        failing = [r for r in self.results if r.is_bad or (fail_on == "warn" and r.status == "warn")]
+        if failing:
+            raise AssertionError(plain_summary(self, only=failing))
 
 
 class Spec:
@@ -138,7 +180,7 @@ def prepare(loss: Callable | str, inputs: Mapping[str, Any], *, name: str | None
 
 
 def run_specs(specs: list[CaseSpec], root: str | Path | None = None,
-              devices: list[str] | None = None) -> RunResults:
+              devices: list[str] | None = None) -> AuditResults:
     """Audit prepared specs on their devices (or `devices`) with the runner behind `gradaudit run`."""
     from gradaudit.config import Config
     from gradaudit.runner import RunOptions, run
@@ -155,12 +197,12 @@ def run_specs(specs: list[CaseSpec], root: str | Path | None = None,
     for result in results.results:
         result.reproduce = (f"gradaudit.audit({ref}, inputs=..., devices=[{result.device!r}], "
                             f"seed={result.seed})")
-    return results
+    return AuditResults.of(results)
 
 
 def audit(loss: Callable | str, inputs: Mapping[str, Any], *, name: str | None = None,
           devices: list[str] | None = None, root: str | Path | None = None,
-          **settings: Any) -> RunResults:
+          **settings: Any) -> AuditResults:
     """Audit one loss on each device and return the run's results (what `gradaudit run` writes).
 
     `loss` is a function, an nn.Module (instance or class) or a "module:qualname" string;

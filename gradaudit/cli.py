@@ -14,7 +14,7 @@ from typing import Annotated, Optional
 import typer
 from rich.console import Console
 
-from gradaudit import __version__
+from gradaudit._version import __version__
 from gradaudit.errors import GradauditError, UsageError
 
 EXIT_OK = 0

@@ -36,6 +36,8 @@ class InputSpec:
     params: dict[str, Any] = field(default_factory=dict)
     # The dim name behind each size of `shape` (None for a literal size), so gradcheck can shrink.
     shape_dims: list[str | None] = field(default_factory=list)
+    # The loss receives the leaf itself, not a non-leaf copy of it (as a model output would be).
+    leaf: bool = False
 
     @property
     def is_floating(self) -> bool:
@@ -599,9 +601,12 @@ def _check_inputs(inputs: dict, dims: dict[str, int], default_dtype: str, path: 
             c.error(ipath + ("requires_grad",), f"must be true or false, got {requires_grad!r}")
         if requires_grad and not floating:
             c.error(ipath + ("requires_grad",), f"only floating inputs can require grad; dtype is {dtype}")
+        leaf = spec.get("leaf", False)
+        if not isinstance(leaf, bool):
+            c.error(ipath + ("leaf",), f"must be true or false, got {leaf!r}")
         specs.append(InputSpec(name=str(name), shape=shape, dtype=dtype,
                                requires_grad=floating if requires_grad is None else bool(requires_grad),
-                               init=init, params=params, shape_dims=shape_dims))
+                               init=init, params=params, shape_dims=shape_dims, leaf=leaf is True))
     if len(c.problems) > before:
         return None
     return specs

@@ -66,6 +66,8 @@ GOOD_CASE = """\
     ("version: 1\ncases:\n" + GOOD_CASE + "    repeats: two\n",
      "c.yaml:8:5: cases[0].repeats: must be an integer, got 'two'"),
     ("version: 1\ncases: [\n", "c.yaml:3:1: (yaml): not valid YAML"),
+    ("version: 1\ncases:\n" + GOOD_CASE.replace("a: {shape: [2]}", "a: {shape: [2], leaf: 3}"),
+     "c.yaml:6:23: cases[0].inputs.a.leaf: must be true or false, got 3"),
 ])
 def test_config_error_names_file_line_and_key(tmp_path, text, expected):
     problems = _problems(tmp_path, text)

@@ -301,9 +301,9 @@ def test_fake_device_results_pass_the_contract_checker(cli_invoke, write_config,
 
 
 def test_oom_while_copying_inputs_is_an_error_that_says_so(write_config, monkeypatch):
-    import gradaudit.audit as audit_module
+    import gradaudit.losscall as losscall_module
 
-    real = audit_module.to_device
+    real = losscall_module.to_device
     fake = FakeCuda()
 
     def to_device(tensors, specs, device):
@@ -311,7 +311,7 @@ def test_oom_while_copying_inputs_is_an_error_that_says_so(write_config, monkeyp
             raise cuda_oom()  # the copy of this case's two inputs does not fit
         return real(tensors, specs, device)
 
-    monkeypatch.setattr(audit_module, "to_device", to_device)
+    monkeypatch.setattr(losscall_module, "to_device", to_device)
     results = run_with(fake, write_config, """
         cases:
           - name: big

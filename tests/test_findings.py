@@ -273,7 +273,7 @@ def test_randomness_inside_the_loss_is_seeded_per_draw(tmp_path):
     """A loss that draws its own random numbers gives the same result however often it runs."""
     import torch
 
-    from gradaudit.audit import AuditContext, audit_case
+    from gradaudit.caseaudit import AuditContext, audit_case
     from gradaudit.config import load_config
     from gradaudit.loading import add_import_roots
 

@@ -12,7 +12,7 @@ import textwrap
 
 import pytest
 
-from gradaudit.audit import AuditContext, audit_case
+from gradaudit.caseaudit import AuditContext, audit_case
 from gradaudit.config import load_config
 from gradaudit.loading import add_import_roots
 from tests.conftest import LOSSES
@@ -91,11 +91,11 @@ def test_structural_column_is_named(specs):
 
 def test_two_fixed_draws_would_have_flagged_them(specs, monkeypatch):
     """The control: without the adaptive confirmation these losses do get flagged."""
-    from gradaudit import audit
+    from gradaudit import tracks
 
     cases, ctx = specs
-    monkeypatch.setattr(audit._Track, "confirmed", property(lambda self: True))
-    monkeypatch.setattr(audit.CaseAudit, "_want_more", lambda self: self.draws < self.spec.repeats)
+    monkeypatch.setattr(tracks.Track, "confirmed", property(lambda self: True))
+    monkeypatch.setattr(tracks.StopRule, "wants_more", lambda self, done: done < self.repeats)
     flagged = sum(r.status != "pass" for name in ("label_smoothed_ce", "masked_steps")
                   for r in _statuses(cases[name], ctx).values())
     assert flagged >= len(SEEDS)
