@@ -530,9 +530,12 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_run(tmp_path, wh
 def test_a_report_that_cannot_be_written_keeps_the_results(tmp_path, short_tmp):
     config = tmp_path / "c.yaml"
     config.write_text(f"version: 1\nsys_path: [{LOSSES}]\n" + GOOD)
-    # The markdown summary hits a full disk: results.json is already in place.
+    # The markdown summary hits a full disk: results.json is already in place. (Through a link,
+    # so that a gradaudit that renames onto its outputs replaces the link, never the device.)
+    full_disk = tmp_path / "full-disk.md"
+    full_disk.symlink_to("/dev/full")
     out = tmp_path / "out"
-    proc = run_gradaudit("run", config, "-o", out, "--markdown", "/dev/full", timeout=120)
+    proc = run_gradaudit("run", config, "-o", out, "--markdown", full_disk, timeout=120)
     assert proc.returncode == 3, proc.stderr
     line = [t for t in proc.stderr.splitlines() if t.startswith("error:")]
     assert len(line) == 1 and "No space left on device" in line[0] and str(out / "results.json") in line[0]
