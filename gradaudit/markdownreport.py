@@ -80,7 +80,7 @@ def _where(cause: Cause) -> str:
 
 def _cause_status(cause: Cause) -> str:
     worst = max(cause.results, key=lambda r: STATUS_RANK.get(r.status, 0))
-    return {"expected": _status(worst), "fixed": "fixed"}.get(cause.kind, worst.status.upper())
+    return {"expected": _status(worst), "fixed": "fixed"}.get(cause.kind, escape(worst.status.upper()))
 
 
 def _cases(cause: Cause, limit: int = MAX_CASES) -> str:

@@ -784,9 +784,11 @@ def test_a_hostile_status_in_results_json_does_not_inject_html():
     from gradaudit.markdownreport import write_markdown
     from tests import reportdata
 
-    run = reportdata.sample_run([reportdata.ratio_fail()])
-    run.results[0].status = "<img src=x onerror=alert(1)>"
+    hostile = reportdata.ratio_fail()
+    hostile.status = "<img src=x onerror=alert(1)>"
+    expected = reportdata.ratio_fail(device="cuda")
+    expected.expected = True
+    expected.status = "fail<img src=x onerror=alert(2)>"
     stream = io.StringIO()
-    write_markdown(run, stream)
-    assert "<img" not in stream.getvalue()
-    assert "\\<IMG" in stream.getvalue()
+    write_markdown(reportdata.sample_run([hostile, expected, reportdata.ratio_fail(device="mps")]), stream)
+    assert "<img" not in stream.getvalue().lower(), stream.getvalue()
