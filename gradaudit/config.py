@@ -11,6 +11,7 @@ import dataclasses
 import difflib
 import hashlib
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,27 +125,69 @@ class _Marks:
         self.value: dict[tuple, yaml.Mark] = {}
 
 
+# Bounds on what a config may expand to. YAML aliases repeat whole blocks, so a few hundred bytes
+# can stand for billions of values ("billion laughs"); a block may even contain itself.
+MAX_DEPTH = 64  # nesting of mappings and lists
+MAX_VALUES = 200_000  # values after aliases are expanded (a 1,000-case config holds about 30,000)
+MAX_CASES = 10_000  # cases after dims matrices and precision axes are expanded
+
+
+class _TooBig(Exception):
+    """The YAML expands past a bound; `problem` says which, where."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
+class _Budget:
+    def __init__(self) -> None:
+        self.values = 0
+        self.open: set[int] = set()  # the nodes being built, to find one that contains itself
+
+
 def _build(loader: yaml.SafeLoader, node: yaml.Node, path: tuple, marks: _Marks, problems: list,
-           display: str) -> Any:
+           display: str, budget: _Budget | None = None) -> Any:
     """Turn a composed YAML node into Python data, recording where each piece sits."""
+    budget = budget or _Budget()
+    budget.values += 1
+    if budget.values > MAX_VALUES:
+        raise _TooBig(_at(display, node.start_mark, _dotted(path),
+                          f"the config expands to more than {MAX_VALUES:,} values: YAML aliases (*name) "
+                          "repeat whole blocks; repeat less"))
+    if len(path) > MAX_DEPTH:
+        raise _TooBig(_at(display, node.start_mark, _dotted(path[:3]) + " ...",
+                          f"nested more than {MAX_DEPTH} levels deep"))
     marks.value[path] = node.start_mark
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        if id(node) in budget.open:
+            raise _TooBig(_at(display, node.start_mark, _dotted(path),
+                              "a YAML alias refers to a block that contains it (a recursive alias)"))
+        budget.open.add(id(node))
+        try:
+            return _build_collection(loader, node, path, marks, problems, display, budget)
+        finally:
+            budget.open.discard(id(node))
+    return loader.construct_object(node, deep=True)
+
+
+def _build_collection(loader, node, path: tuple, marks: _Marks, problems: list, display: str,
+                      budget: _Budget) -> Any:
     if isinstance(node, yaml.MappingNode):
         data: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            if isinstance(key, (list, dict)):
+            if not isinstance(key_node, yaml.ScalarNode):
                 problems.append(_at(display, key_node.start_mark, _dotted(path), "a key must be a name"))
                 continue
+            key = loader.construct_object(key_node, deep=True)
             if key in data:
                 problems.append(_at(display, key_node.start_mark, _dotted(path + (key,)),
                                     f"duplicate key '{key}'"))
             marks.key[path + (key,)] = key_node.start_mark
-            data[key] = _build(loader, value_node, path + (key,), marks, problems, display)
+            data[key] = _build(loader, value_node, path + (key,), marks, problems, display, budget)
         return data
-    if isinstance(node, yaml.SequenceNode):
-        return [_build(loader, item, path + (i,), marks, problems, display)
-                for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+    return [_build(loader, item, path + (i,), marks, problems, display, budget)
+            for i, item in enumerate(node.value)]
 
 
 def _dotted(path: tuple) -> str:
@@ -232,6 +275,10 @@ def load_config(path: str | Path, display_path: str | None = None) -> Config:
         mark = getattr(exc, "problem_mark", None)
         reason = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(display, [_at(display, mark, "(yaml)", f"not valid YAML: {reason}")]) from None
+    except _TooBig as exc:
+        raise ConfigError(display, [exc.problem]) from None
+    except RecursionError:
+        raise ConfigError(display, [f"{display}: (yaml): nested too deeply to read"]) from None
     if problems:
         raise ConfigError(display, problems)
     checker = _Checker(display, marks)
@@ -283,6 +330,10 @@ def _check_top(data: Any, c: _Checker, root: Path) -> tuple[list[CaseSpec], list
                 c.error(path + ("name",), f"duplicate case name '{name}' (first at case {seen[name]})")
             seen.setdefault(name, i)
         specs.extend(_check_case(case, defaults, path, c))
+        if len(specs) > MAX_CASES:
+            c.error(path, f"the config expands to more than {MAX_CASES:,} cases by here (dims matrices "
+                    "included): split it into several configs")
+            break
     return specs, sys_path
 
 
@@ -378,6 +429,13 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
     if settings.get("autocast"):
         matrix_axes.append(("autocast", ["off", "on"]))
     specs = []
+    count = math.prod(len(v) for _, v in matrix_axes)
+    if count > MAX_CASES:
+        c.error(_origin(defaults, case, path, "dims" if "dims" in merged else "dtypes"),
+                f"case {name!r} expands to {count:,} cases "
+                f"({' x '.join(str(len(v)) for _, v in matrix_axes)}); at most {MAX_CASES:,} per config: "
+                "list fewer values, or split the matrix over several cases or configs")
+        return []
     combos = list(itertools.product(*[v for _, v in matrix_axes])) if matrix_axes else [()]
     for combo in combos:
         matrix = {d: v for (d, _), v in zip(matrix_axes, combo, strict=True)}
@@ -508,7 +566,10 @@ def _check_settings(settings: dict, defaults: dict, case: dict, path: tuple, c: 
             c.error(_origin(defaults, case, path, key), f"{key} must be at least 1")
     for key in ("timeout", "rtol", "atol"):
         value = settings.get(key)
-        if isinstance(value, (int, float)) and value < 0:
+        if isinstance(value, float) and math.isnan(value):
+            c.error(_origin(defaults, case, path, key), f"{key} must be a number, not NaN"
+                    + (" (.inf means no limit)" if key == "timeout" else ""))
+        elif isinstance(value, (int, float)) and value < 0:
             c.error(_origin(defaults, case, path, key), f"{key} must not be negative")
     if isinstance(settings.get("max_memory_mb"), int) and settings["max_memory_mb"] < 1:
         c.error(_origin(defaults, case, path, "max_memory_mb"), "max_memory_mb must be at least 1")

@@ -37,7 +37,7 @@ SETTING_KEYS = [
     Key("seed", "int", "Base seed of the input draws.", default=0),
     Key("repeats", "int", "Independent random draws (at least); more are drawn to confirm a "
         "suspected zero-gradient pattern.", default=2),
-    Key("timeout", "float", "Seconds for one case on one device.", default=120),
+    Key("timeout", "float", "Seconds for one case on one device (`.inf`: no limit).", default=120),
     Key("rtol", "float", "Relative tolerance of the cpu-vs-cuda comparison.", default=1.0e-4),
     Key("atol", "float", "Absolute tolerance of the cpu-vs-cuda comparison.", default=1.0e-5),
     Key("gradcheck", "bool", "Check the analytic gradient against finite differences in "
