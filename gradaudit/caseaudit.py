@@ -94,6 +94,8 @@ class CaseAudit:
                 elif self.spec.gradcheck:
                     self.result.gradcheck = {"skipped": "a compiled entry is compared with eager; "
                                                         "gradcheck runs on the eager entry"}
+                if self.spec.per_sample:
+                    self._batch_independence()
                 if self.parity and self.record.first is not None and self.result.status != "error":
                     self._compare_with_cpu()
         except Exception as exc:
@@ -184,6 +186,23 @@ class CaseAudit:
         self.result.gradcheck, mismatch = check_gradients(self.call)
         if mismatch is not None:
             self.findings.append(mismatch)
+
+    def _batch_independence(self) -> None:
+        """Check that each sample's gradient depends on it alone, where the audit found no defect."""
+        from gradaudit import batchmix
+
+        if self.result.status == "error" or not self.record.draws:
+            return
+        declared = set(self.spec.expect.no_grad)
+        if any(f.severity == "fail" for f in self.findings) or any(
+                t.verdict(self.record.draws) not in ("ok", "not-required") and t.name not in declared
+                for t in self.record.tracks.values()):
+            self.result.batch_independence = batchmix.not_run(self.spec, "the audit found a failure first")
+            return
+        found = batchmix.check_call(self.call)
+        self.result.batch_independence = found.summary()
+        if found.coupling is not None:
+            self.findings.append(found.finding())
 
     def _compare_with_cpu(self) -> None:
         """Compare the first draw with the CPU's: device-mismatch for what differs beyond tolerance."""

@@ -78,6 +78,7 @@ class CaseSpec:
     gradcheck: bool = False
     gradcheck_elements: int = 64
     autocast: bool = False  # run the forward under torch.autocast for the device
+    per_sample: str | None = None  # the dim the loss reduces per-sample terms over (batchmix)
     max_memory_mb: int | None = None
     # The torch.compile backend this entry audits the loss under; None: the eager loss.
     compile: str | None = None
@@ -416,6 +417,8 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
     inputs_raw = inputs_raw or {}
     expect = _check_expect(merged.get("expect", {}), list(inputs_raw),
                            _origin(defaults, case, path, "expect"), c)
+    per_sample = _check_per_sample(merged.get("per_sample"), dims_raw, inputs_raw,
+                                   _origin(defaults, case, path, "per_sample"), c)
     if len(c.problems) > before or not isinstance(name, str):
         # Still check the inputs once so every problem is reported in one pass.
         _check_inputs(inputs_raw, {d: 1 for d in dims_raw}, settings.get("dtype", "float32"),
@@ -460,6 +463,7 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
             rtol=float(settings["rtol"]), atol=float(settings["atol"]),
             gradcheck=settings["gradcheck"], gradcheck_elements=settings["gradcheck_elements"],
             autocast=matrix.get("autocast") == "on", max_memory_mb=settings["max_memory_mb"], extra=extra,
+            per_sample=per_sample,
             line=(c.marks.value.get(path).line + 1) if c.marks.value.get(path) else 0,
         )
         specs.append(eager)
@@ -604,6 +608,21 @@ def _check_expect(expect: Any, input_names: list[str], path: tuple, c: _Checker)
             c.error(path + ("status",), f"expect.status must be 'fail', got {status!r}")
         result.status = status
     return result
+
+
+def _check_per_sample(dim: Any, dims: dict, inputs: dict, path: tuple, c: _Checker) -> str | None:
+    """`per_sample` names a dim of `dims` that some input's shape uses."""
+    if dim is None:
+        return None
+    if not isinstance(dim, str) or dim not in dims:
+        c.error(path, f"must name a dim of dims ({', '.join(map(str, dims)) or 'none defined'}), "
+                f"got {dim!r}{_suggest(dim, dims)}")
+        return None
+    shapes = [spec.get("shape") for spec in inputs.values() if isinstance(spec, dict)]
+    if not any(isinstance(shape, list) and dim in shape for shape in shapes):
+        c.error(path, f"no input's shape uses dim {dim!r}, so there are no samples to compare")
+        return None
+    return dim
 
 
 def _check_inputs(inputs: dict, dims: dict[str, int], default_dtype: str, path: tuple,

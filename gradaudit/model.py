@@ -198,6 +198,8 @@ class CaseResult:
     gradcheck: dict[str, Any] | None = None
     # A compiled entry's compile facts: backend, compile_s, graphs, graph_breaks, compared_draws, ...
     compile: dict[str, Any] | None = None
+    # What the batch-independence check did, where `per_sample` is declared (see batchmix).
+    batch_independence: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -212,8 +214,9 @@ class CaseResult:
             "draws": self.draws, "skip_reason": self.skip_reason, "baseline": self.baseline,
             "summary_line": self.summary_line, "warnings": self.warnings, "gradcheck": self.gradcheck,
             "compile": self.compile,
+            "batch_independence": self.batch_independence,
         }
-        return _prune(data, ("skip_reason", "baseline", "warnings", "gradcheck", "compile"))
+        return _prune(data, ("skip_reason", "baseline", "warnings", "gradcheck", "compile", "batch_independence"))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CaseResult:

@@ -72,6 +72,10 @@ CASE_KEYS = [
     Key("inputs", "map", "Ordered mapping of input name to input spec, passed positionally.",
         required=True),
     Key("expect", "map", "Declared, intentional behaviour.", default={}),
+    Key("per_sample", "str", "A dim of `dims` (usually `B`) that the loss reduces per-sample terms "
+        "over: the audit then checks that each sample's gradient depends on that sample alone "
+        "(finding `batch-mixing`). Leave it out for losses that couple samples on purpose "
+        "(in-batch negatives, batch-hard mining).", default=None),
 ]
 
 INPUT_KEYS = [
