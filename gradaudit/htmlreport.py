@@ -89,6 +89,7 @@ class FindingView:
     source: list[SourceLine]
     chain: list[str]
     same_place: bool = False  # an earlier finding of the result showed this very line
+    second: str = ""  # the finding's second line: "saved for backward at file:line: code"
 
 
 def message_parts(message: str) -> list[tuple[str, bool]]:
@@ -208,11 +209,13 @@ def finding_view(finding: Finding, shown: set[str] | None = None) -> FindingView
     if loc is None:
         return FindingView(finding, parts, "", [], [])
     where = loc.where + (f" in {loc.function}" if loc.function else "")
+    second = f"{finding.second.label or 'see also'} {_frame_text(finding.second)}" if finding.second else ""
     if shown is not None and loc.where in shown:
-        return FindingView(finding, parts, where, [], [], same_place=True)
+        return FindingView(finding, parts, where, [], [], same_place=True, second=second)
     if shown is not None:
         shown.add(loc.where)
-    return FindingView(finding, parts, where, source_lines(loc), [_frame_text(f) for f in loc.chain])
+    return FindingView(finding, parts, where, source_lines(loc), [_frame_text(f) for f in loc.chain],
+                       second=second)
 
 
 def _cell_class(value: Any) -> str | None:

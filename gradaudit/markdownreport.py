@@ -68,7 +68,10 @@ def _culprit(result: CaseResult) -> list[str]:
             lines = []
         head = f"{escape(finding.id)} at {code_span(loc.where)}" + (
             f" in {code_span(loc.function)}" if loc.function else "")
-        return [head] + ([_fence(lines)] if lines else [])
+        second = finding.second
+        also = [f"{escape(second.label or 'see also')} {code_span(second.where)}"
+                + (f": {code_span(second.code)}" if second.code else "")] if second else []
+        return [head] + also + ([_fence(lines)] if lines else [])
     return []
 
 

@@ -16,6 +16,7 @@ conflict names both the saving op and the in-place op.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import inspect
 import re
 import sys
@@ -735,7 +736,10 @@ class Explainer:
                     f"{mod_code} at {mod_loc.where if mod_loc else '?'} changed in place a tensor that "
                     f"{saved_code}{saved_where} saved for backward (version {conflict.version_saved} -> "
                     f"{conflict.version_now}), so backward cannot run; use the out-of-place op")
-                finding.location = saved_loc or mod_loc
+                # The line to change is the in-place op; the saver is the second line.
+                finding.location = mod_loc or saved_loc
+                if mod_loc is not None and saved_loc is not None:
+                    finding.second = dataclasses.replace(saved_loc, label="saved for backward at")
             else:
                 finding.message = (f"a tensor that {saved_code}{saved_where} saved for backward was changed "
                                    f"in place (version {conflict.version_saved} -> {conflict.version_now})")

@@ -151,9 +151,13 @@ def test_bug_is_found_at_its_culprit_line(corpus, case):
         # the one-line summary names the culprit line
         assert f"{module}.py:{first['location']['line']}" in r["summary_line"]
     if headline == "inplace-version-conflict":
-        changed = first["detail"]["modified_by"]["location"]
-        assert changed["line"] == marker_line(module, "MUTATES", name)
-        assert f":{changed['line']}" in first["message"] and f":{first['location']['line']}" in first["message"]
+        # the location is the in-place op (the line to change); the saver is the second line
+        saver = marker_line(module, "SAVES", name)
+        assert first["detail"]["modified_by"]["location"]["line"] == first["location"]["line"]
+        assert first["second"]["line"] == saver and first["second"]["label"] == "saved for backward at"
+        assert first["detail"]["saved_by"]["location"]["line"] == saver
+        assert f":{saver}" in first["message"] and f":{first['location']['line']}" in first["message"]
+        assert f"{module}.py:{first['location']['line']}" in r["summary_line"]
     if headline == "device-portability":
         assert r["status"] == "warn"
 
