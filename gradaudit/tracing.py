@@ -31,6 +31,15 @@ from torch.overrides import TorchFunctionMode
 from gradaudit.frames import frames_from_text, is_user_file, location_from
 from gradaudit.model import Finding, Location
 from gradaudit.opscan import first_nonfinite
+from gradaudit.portability import (
+    INDEX_ALLOWS_CPU,
+    attribute_finding,
+    attributes_met,
+    factory_finding,
+    follows_device,
+    gradient_args,
+    unmoved_attributes,
+)
 from gradaudit.shapes import describe_dead
 
 _EMPTY: frozenset = frozenset()
@@ -250,6 +259,9 @@ class Tracer:
         self.loss_breaks: set[int] | None = None
         self.conflicts: list[Conflict] = []
         self.current: str = ""
+        # Tensors the draw starts with on a fixed device (a module's plain attributes), each with
+        # its `factory` record: whether they meet the inputs is what the portability check asks.
+        self.sources: list[tuple[torch.Tensor, Record]] = []
 
     # -- tags -------------------------------------------------------------------------------
     def tag(self, t: torch.Tensor) -> Tag | None:
@@ -305,6 +317,8 @@ class Tracer:
                 self.leaf_names[id(t)] = name
                 grad = frozenset({name}) if t.requires_grad else _EMPTY
                 self.set_tag(t, Tag(self.token, grad=grad, derived=True))
+        for t, rec in self.sources:
+            self.set_tag(t, Tag(self.token, fixed=frozenset({rec.id})))
 
     # -- records ----------------------------------------------------------------------------
     def record(self, kind: str, op: str, frames: list[tuple[str, int, str]], **extra: Any) -> Record:
@@ -329,15 +343,24 @@ class Tracer:
         if kind == "skip":
             return func(*args, **kwargs)
         tensors: list[Tag] = []
-        for v in args:
+        scan, scan_kwargs = gradient_args(name, args, kwargs)
+        for i, v in enumerate(scan):
             if isinstance(v, torch.Tensor):
                 tag = self.tag(v)
                 if tag is not None:
                     tensors.append(tag)
             elif isinstance(v, (list, tuple)) and v:
+                start = len(tensors)
                 self._collect(v, tensors, 1)
-        if kwargs:
-            self._collect(tuple(kwargs.values()), tensors, 0)
+                if i == 1 and name in INDEX_ALLOWS_CPU:  # a CPU index may index any device's tensor
+                    tensors[start:] = [_unfixed(t) for t in tensors[start:]]
+                continue
+            else:
+                continue
+            if i == 1 and name in INDEX_ALLOWS_CPU and tensors and tensors[-1].fixed:
+                tensors[-1] = _unfixed(tensors[-1])
+        if scan_kwargs:
+            self._collect(tuple(scan_kwargs.values()), tensors, 0)
         target = args[0] if kind == "inplace" and args and isinstance(args[0], torch.Tensor) else None
         before = (target._version, target.requires_grad) if target is not None else None
         factory = None
@@ -349,8 +372,7 @@ class Tracer:
         finally:
             self.current = previous
         if tensors or factory is not None or kind in ("data", "escape"):
-            if kind == "move" and name == "to" and any(
-                    isinstance(a, (torch.device, torch.Tensor)) for a in (*args[1:], kwargs.get("device"))):
+            if tensors and follows_device(name, args, kwargs):
                 factory = _FOLLOWS  # moved to a device taken from a tensor: portable again
             self._after(func, name, kind, tensors, out, target, before, factory)
         return out
@@ -525,6 +547,11 @@ class Tracer:
                     if best is None or v_before < best[0]:
                         best = (v_before, rec)
         return best[1] if best else None
+
+
+def _unfixed(tag: Tag) -> Tag:
+    """A tag's view without its fixed-device sources (an index tensor, which may stay on the CPU)."""
+    return Tag(tag.token, grad=tag.grad, derived=tag.derived, breaks=tag.breaks)
 
 
 def _union(sets: list[frozenset]) -> frozenset:
@@ -778,21 +805,11 @@ class Explainer:
     # -- device portability -----------------------------------------------------------------
     def portability(self) -> None:
         for rec in self.tracer.records:
-            if rec.kind != "factory" or not (rec.met or rec.op.endswith((".cuda", ".to"))):
-                continue
-            loc = self.location(rec)
-            code = _quote(loc, rec.op)
-            where = f" at {loc.where}" if loc else ""
-            if rec.device in ("", "None"):
-                why = "makes a tensor on the default device (no device=) that meets the inputs"
-            else:
-                why = f"puts a tensor on the fixed device {rec.device!r}, where it meets the inputs"
-            self.audit.findings.append(Finding(
-                id="device-portability", severity="warn", location=loc,
-                message=f"{code}{where} {why}: on another device this raises a device mismatch; "
-                        "pass device=<input>.device",
-                detail={"op": rec.op, "device": rec.device or None}))
-
+            if rec.kind == "factory":
+                loc = self.location(rec)
+                finding = factory_finding(rec, loc, _quote(loc, rec.op))
+                if finding is not None:
+                    self.audit.findings.append(finding)
 
     # -- parameters nothing uses --------------------------------------------------------------
     def unused_parameters(self) -> None:
@@ -826,25 +843,43 @@ class Explainer:
         return None
 
     def unregistered_tensors(self) -> None:
-        """Plain tensor attributes of a module loss: `.to(device)` moves buffers, not these."""
+        """Plain tensor attributes of a module loss that `.to(device)` leaves behind and forward uses
+        with the inputs as they are: re-run draw 0 with them as fixed-device sources to see."""
         module = self.audit.module
         if module is None:
             return
-        for path, sub in module.named_modules():
-            for attr, value in vars(sub).items():
-                if not isinstance(value, torch.Tensor) or isinstance(value, torch.nn.Parameter):
-                    continue
-                if value.dim() == 0:
-                    continue  # a 0-dim tensor mixes with any device
-                loc = self.declaration(type(sub), attr)
-                name = f"{path}.{attr}" if path else attr
-                self.audit.findings.append(Finding(
-                    id="device-portability", severity="warn", location=loc,
-                    message=f"{_quote(loc, 'self.' + attr)}{f' at {loc.where}' if loc else ''} keeps the tensor "
-                            f"`{name}` as a plain attribute: module.to(device) does not move it, so on another "
-                            "device it meets the inputs on the wrong one; use self.register_buffer"
-                            f"({attr!r}, ...)",
-                    detail={"op": "attribute", "attribute": name, "device": str(value.device)}))
+        attrs = unmoved_attributes(module)
+        if not attrs:
+            return
+        located = [self.declaration(a.owner, a.attr) for a in attrs]
+        met = attributes_met(attrs, lambda sources: self.sources_rerun(sources, located))
+        for i, (attr, loc) in enumerate(zip(attrs, located, strict=True)):
+            finding = attribute_finding(attr, None if met is None else met[i], loc,
+                                        _quote(loc, "self." + attr.attr))
+            if finding is not None:
+                self.audit.findings.append(finding)
+
+    def sources_rerun(self, sources: dict[int, torch.Tensor], located: list[Location | None]) -> dict[int, bool]:
+        """Re-run draw 0's forward with `sources` as fixed-device tensors; which met the inputs."""
+        audit = self.audit
+        inputs = audit._inputs(0)
+        if inputs is None:
+            raise RuntimeError("no inputs")
+        call = getattr(audit, "_call", None) or (lambda i: audit.fn(*i.values(), **audit.spec.kwargs))
+        tracer = Tracer()
+        records = {}
+        for i, t in sources.items():
+            loc = located[i]
+            frames = [(loc.file, loc.line, loc.function)] if loc else [("<attribute>", i, "")]
+            records[i] = Record(id=len(tracer.records), kind="factory", op="attribute", frames=frames,
+                                device=str(t.device))
+            tracer.records.append(records[i])
+            tracer.sources.append((t, records[i]))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with tracer.tracing(inputs):
+                call(inputs)
+        return {i: rec.met for i, rec in records.items()}
 
     # -- NaN / Inf --------------------------------------------------------------------------
     def _rerun(self, draw: int, mode: Any = None) -> tuple[Any, list[torch.Tensor]]:

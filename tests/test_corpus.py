@@ -79,6 +79,7 @@ BUGS = {
     "moved_to_cpu": ("cause_portability:moved_to_cpu", XT, "device-portability", None, ""),
     "explicit_cpu": ("cause_portability:explicit_cpu", XT, "device-portability", None, ""),
     "UnregisteredWeights": ("cause_portability:UnregisteredWeights", XT, "device-portability", None, ""),
+    "RunningCovariance": ("cause_portability:RunningCovariance", XY, "device-portability", None, ""),
 }
 
 
@@ -94,6 +95,13 @@ TWINS["custom_function_twin"] = ("cause_graph_break:custom_function_twin", XY, "
 # Not in BUGS: on a CPU-only machine it fails in forward (see its own test); its twin must pass anywhere.
 EXTRA_BUGS = {"hardcoded_cuda": ("cause_portability:hardcoded_cuda", XT, "")}
 TWINS["hardcoded_cuda_twin"] = ("cause_portability:hardcoded_cuda_twin", XT, "")
+# Correct device handling seen in libraries (auraloss, pytorch-msssim, smp, geomloss, torchmetrics,
+# timm): no device-portability finding at all.
+PORTABLE = {
+    "WindowMovedInForward": XT, "GaussWindowTwin": XT, "ClassWeightsTypeAsTwin": XT, "ones_type_as_twin": XT,
+    "IndexAttributeTwin": XT, "MetricStateTwin": XT, "RebuiltEachCallTwin": ONEHOT, "bincount_weights_twin": ONEHOT,
+}
+TWINS.update({f"portable_{name}": (f"cause_portability:{name}", inputs, "") for name, inputs in PORTABLE.items()})
 
 
 def _config() -> str:
@@ -167,6 +175,11 @@ def test_twin_has_no_failure(corpus, case):
     r = corpus[case]
     assert r["status"] == "pass", r["findings"]
     assert all(f["severity"] == "info" for f in r["findings"])
+
+
+@pytest.mark.parametrize("case", [f"portable_{name}" for name in PORTABLE] + ["RunningCovariance_twin"])
+def test_device_following_code_gets_no_portability_finding(corpus, case):
+    assert "device-portability" not in [f["id"] for f in corpus[case]["findings"]], corpus[case]["findings"]
 
 
 def test_helper_chain_is_in_the_location(corpus):

@@ -82,7 +82,7 @@ class WindowMovedInForward(torch.nn.Module):
 
     def __init__(self):
         super().__init__()
-        self.window = torch.hann_window(4)
+        self.window = torch.hamming_window(4)
 
     def forward(self, x, t):
         self.window = self.window.to(x.device)
@@ -185,14 +185,14 @@ class RunningCovariance(torch.nn.Module):
         super().__init__()
         self.beta = beta
         self.rho = rho
-        self.C = None
+        self.C = None  # CULPRIT: RunningCovariance
 
     def forward(self, z_a, z_b):
         z_a = torch.nn.functional.normalize(z_a, dim=1)
         z_b = torch.nn.functional.normalize(z_b, dim=1)
         B = torch.mm(z_a.T, z_a) / z_a.shape[0]
         if self.C is None:
-            self.C = B.new_zeros(B.shape).detach()  # CULPRIT: RunningCovariance
+            self.C = B.new_zeros(B.shape).detach()
         C = self.beta * self.C + (1 - self.beta) * B
         loss = 1 - (z_a * z_b).sum(dim=1).mean() + self.rho * (torch.mm(z_a, C) * z_a).sum(dim=1).mean()
         self.C = C.detach()
