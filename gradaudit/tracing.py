@@ -28,6 +28,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
+from gradaudit.customfn import none_grads
 from gradaudit.frames import frames_from_text, is_user_file, location_from
 from gradaudit.model import Finding, Location
 from gradaudit.opscan import first_nonfinite
@@ -40,6 +41,7 @@ from gradaudit.portability import (
     gradient_args,
     unmoved_attributes,
 )
+from gradaudit.selection import selections_dropping
 from gradaudit.shapes import describe_dead
 
 _EMPTY: frozenset = frozenset()
@@ -406,6 +408,8 @@ class Tracer:
                 self.records[rid].met = True
             fixed_in = _EMPTY
         if kind == "escape":
+            if name == "__bool__":
+                return  # `if not torch.isfinite(loss):` decides a branch; no value flows on
             if grad_in:
                 rec = self._break(func, name, "escape", grad_in)
                 if rec is not None:
@@ -415,6 +419,10 @@ class Tracer:
         if kind == "data" and self.escaped:
             breaks_in = breaks_in | self.escaped
             derived = True
+        if kind == "data" and not grad_in:
+            made = self._made(func, name)  # a new tensor from Python values: it may replace the loss
+            if made is not None:
+                breaks_in = breaks_in | {made.id}
         if kind == "inplace" and target is not None:
             self._inplace(func, name, target, before, grad_in, breaks_in, derived, fixed_in)
             return
@@ -494,6 +502,10 @@ class Tracer:
         rec = self.record("break", _display_op(name, func), frames, why=why)
         rec.lost.update(lost)
         return rec
+
+    def _made(self, func: Any, name: str) -> Record | None:
+        frames = _user_frames()
+        return None if frames is None else self.record("made", _display_op(name, func), frames)
 
     def _factory_before(self, func, name, args, kwargs) -> Record | None:
         """Note a factory with no device (or a fixed one), or a move to a fixed device."""
@@ -641,6 +653,9 @@ class Explainer:
 
     def run(self) -> None:
         self.graph_breaks()
+        self.replaced_loss()
+        self.custom_functions()
+        self.selections()
         self.unused_parameters()
         self.inplace()
         self.portability()
@@ -733,6 +748,107 @@ class Explainer:
             text, _ = describe_dead(~track.ever_nonzero, f"`{name}`")
             return text.rsplit(" [", 1)[0]
         return f"`{name}`"
+
+    def replaced_loss(self) -> None:
+        """A loss without grad that no break explains, made by `torch.tensor(...)` of Python values:
+        that factory replaced the computed loss (pytorch-forecasting's `torch.tensor(1e9)`)."""
+        no_grad = next((f for f in self.audit.findings if f.id == "loss-no-grad"), None)
+        on_path = self.tracer.loss_breaks
+        if no_grad is None or no_grad.location is not None or on_path is None:
+            return
+        made = [r for r in self.tracer.records if r.kind == "made" and r.id in on_path]
+        if not made:
+            return
+        rec = made[-1]
+        loc = self.location(rec)
+        code = _quote(loc, rec.op)
+        message = (f"{code}{f' at {loc.where}' if loc else ''} makes the loss a new tensor from Python values, "
+                   "which has no gradient path to any input: it replaces the computed loss; keep the "
+                   "computed tensor (mask or clamp it) instead")
+        self.audit.findings.insert(0, Finding(id="graph-break", severity="fail", message=message, location=loc,
+                                              detail={"op": rec.op, "kind": "replace", "inputs": [],
+                                                      "calls": rec.calls}))
+        no_grad.location = loc
+
+    # -- witnesses for what no break explains ------------------------------------------------
+    def _witness_leaves(self) -> tuple[dict[str, torch.Tensor], Any] | None:
+        """Draw 0's inputs and the module's parameters by audited name, and a call of the loss."""
+        audit = self.audit
+        inputs = audit._inputs(0)
+        if inputs is None:
+            return None
+        leaves = {**{k: v for k, v in inputs.items() if v.requires_grad}, **audit.params}
+        call = getattr(audit, "_call", None) or (lambda i: audit.fn(*i.values(), **audit.spec.kwargs))
+        return leaves, lambda: call(inputs)
+
+    def custom_functions(self) -> None:
+        """A custom Function's backward that returns None: the break for inputs that got none."""
+        missing = [f for f in self.audit.findings if f.id in ("input-disconnected", "zero-grad")
+                   and f.input and f.location is None]
+        witness = self._witness_leaves() if missing else None
+        if witness is None:
+            return
+        leaves, run = witness
+        names = {id(t): name for name, t in leaves.items()}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                hits = none_grads(run, names, list(leaves.values()))
+            except Exception:  # noqa: BLE001 - a witness that fails explains nothing
+                return
+        fails = []
+        for hit in hits:
+            targets = [f for f in missing if f.input in hit.leaves]
+            if not targets:
+                continue
+            loc = location_from(hit.frames, self.root)
+            lost = sorted(f.input for f in targets)
+            which = f" `{hit.inputs[0]}`" if len(hit.inputs) == 1 else ""
+            message = (f"{_quote(loc, hit.function + '.backward')}{f' at {loc.where}' if loc else ''}: the "
+                       f"backward of the custom autograd.Function `{hit.function}` returns None for its input"
+                       f"{which} that {', '.join(f'`{n}`' for n in lost)} reaches it through, so no gradient "
+                       "flows there (gradients being off in its forward is by design); return that input's "
+                       "gradient, or pass it detached if it is not meant to learn")
+            fails.append(Finding(id="graph-break", severity="fail", message=message, input=lost[0],
+                                 location=loc, detail={"op": f"{hit.function}.backward", "kind": "custom-backward",
+                                                       "inputs": lost, "function": hit.function}))
+            for f in targets:
+                f.location = loc
+        self.audit.findings[:0] = fails
+
+    def selections(self) -> None:
+        """A partial gradient that no break explains: the op that selected the live part."""
+        audit = self.audit
+        partial = [f for f in audit.findings if f.id == "partial-grad" and f.input and f.location is None]
+        dead = {}
+        for f in partial:
+            track = audit.tracks.get(f.input)
+            if track is not None and track.ever_nonzero is not None:
+                dead[f.input] = ~track.ever_nonzero
+        witness = self._witness_leaves() if dead else None
+        if witness is None:
+            return
+        leaves, run = witness
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                found = selections_dropping(run, {n: leaves[n] for n in dead if n in leaves}, dead)
+            except Exception:  # noqa: BLE001 - a witness that fails explains nothing
+                return
+        for f in partial:
+            sels = found.get(f.input)
+            if not sels:
+                continue
+            loc = location_from(sels[0].frames, self.root)
+            if loc is None:
+                continue
+            f.location = loc
+            part = f"`{f.input}`" if f.input in sels[0].direct else f"a tensor computed from `{f.input}`"
+            f.message += (f"; {_quote(loc, sels[0].op)} at {loc.where} keeps only part of {part}, and the rest "
+                          "reaches the loss by no other path")
+            f.detail = {**f.detail, "selected_by": sels[0].op,
+                        "also_selected_at": [w.where for w in (location_from(s.frames, self.root) for s in sels[1:])
+                                             if w is not None]}
 
     # -- in-place ---------------------------------------------------------------------------
     def inplace(self) -> None:

@@ -24,6 +24,9 @@ X = "x: {shape: [B, C]}"
 XT2 = "x: {shape: [B, 2]}\n      t: {shape: [B, 2], requires_grad: false}"
 RATIO = "x: {shape: [B, 2], init: uniform, low: 0.5, high: 2.0}\n      t: {shape: [B], requires_grad: false}"
 ONEHOT = "x: {shape: [B, C]}\n      t: {shape: [B, C], init: one_hot, requires_grad: false}"
+MASKS = ("y_pred: {shape: [B, 3, 4, 4]}\n      y_true: {shape: [B, 3, 4, 4], init: randint, high: 2, dtype: int64, "
+         "requires_grad: false}")
+LABELS = "x: {shape: [B, C]}\n      t: {shape: [B], init: randint, high: 4, dtype: int64, requires_grad: false}"
 
 # case: (module:loss, inputs, headline finding, the verdict it explains or None, extra case yaml)
 BUGS = {
@@ -54,6 +57,11 @@ BUGS = {
     "floor_bins": ("cause_graph_break:floor_bins", XT, "graph-break", "zero-grad", ""),
     "sign_margin": ("cause_graph_break:sign_margin", XT, "graph-break", "zero-grad", ""),
     "helper_chain": ("cause_graph_break:helper_chain", XY, "graph-break", "input-disconnected", ""),
+    # the line that selected the live part, a custom Function's backward, a replaced loss
+    "TaskWeights": ("cause_where:TaskWeights", XT, "partial-grad", None, ""),
+    "DiceClasses": ("cause_where:DiceClasses", MASKS, "partial-grad", None, ""),
+    "EntmaxLearnedAlpha": ("cause_where:EntmaxLearnedAlpha", LABELS, "graph-break", "input-disconnected", ""),
+    "forecast_replace": ("cause_where:forecast_replace", XT, "graph-break", "loss-no-grad", ""),
     # nn.Module losses
     "FrozenScale": ("cause_modules:FrozenScale", XT, "graph-break", "input-disconnected", ""),
     "DataWeight": ("cause_modules:DataWeight", XT, "graph-break", "input-disconnected", ""),
