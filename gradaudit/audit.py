@@ -40,6 +40,7 @@ from gradaudit.model import (
 from gradaudit.opscan import OpHit, first_nonfinite, stray_tensors
 from gradaudit.parity import compare_draw, tolerances
 from gradaudit.shapes import describe_dead, fold_map
+from gradaudit.wording import never_receives
 
 # A suspected zero pattern is confirmed by extra draws: the chance that elements which do get a
 # gradient now and then (at the rarer end of the observed rates) stayed zero in every draw by luck
@@ -669,7 +670,7 @@ class CaseAudit:
                           f"in all {self.draws} draws", input=name)
             elif verdict == "partial":
                 text, _ = describe_dead(~track.ever_nonzero, name)
-                self._add("partial-grad", f"{text} never receives a gradient "
+                self._add("partial-grad", f"{never_receives(text)} a gradient "
                           f"({track.dead} of {track.ever_nonzero.numel()} elements, {self.draws} draws)",
                           input=name)
             elif verdict == "nonfinite":

@@ -5,7 +5,8 @@ path, so the tracer has no break to blame. A witness re-runs one draw and record
 (indexing, gather, narrow, split, ...) whose input reaches an audited tensor; then autograd says,
 per line, which elements of that tensor the op's input and its output reach (a backward from each
 with random weights). The culprit is a selection whose input reaches the dead elements and whose
-output reaches none of them, while the loss depends on that output.
+output reaches none of them, while the loss depends on that output, and no selection the loss uses
+reaches them (where one does, the dead elements reach the loss and their gradients cancel there).
 """
 
 from __future__ import annotations
@@ -103,20 +104,26 @@ def selections_dropping(run: Callable[[], Any], leaves: dict[str, torch.Tensor],
     found: dict[str, list[Selection]] = {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
-        for sel in recorder.lines.values():
-            used = torch.autograd.grad(loss, sel.outputs, retain_graph=True, allow_unused=True)
-            if all(g is None for g in used):
-                continue  # a side computation the loss does not depend on
-            for name, leaf in leaves.items():
-                mask = dead.get(name)
-                if mask is None or not mask.any():
-                    continue
+        used = [sel for sel in recorder.lines.values()
+                if any(g is not None for g in torch.autograd.grad(loss, sel.outputs, retain_graph=True,
+                                                                   allow_unused=True))]
+        for name, leaf in leaves.items():
+            mask = dead.get(name)
+            if mask is None or not mask.any():
+                continue
+            culprits, elsewhere = [], False
+            for sel in used:
                 out = _reach(sel.outputs, leaf)
-                if out is None or not out.any() or (out & mask).any():
+                if out is None or not out.any():
                     continue
+                if (out & mask).any():
+                    elsewhere = True  # the dead part reaches the loss another way: their gradients cancel
+                    break
                 into = _reach(sel.inputs, leaf)
                 if into is not None and (into & mask).any():
                     if any(t is leaf for t in sel.inputs):
                         sel.direct.add(name)
-                    found.setdefault(name, []).append(sel)
+                    culprits.append(sel)
+            if culprits and not elsewhere:
+                found[name] = culprits
     return found

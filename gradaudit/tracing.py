@@ -43,6 +43,7 @@ from gradaudit.portability import (
 )
 from gradaudit.selection import selections_dropping
 from gradaudit.shapes import describe_dead
+from gradaudit.wording import zero_incoming_hint
 
 _EMPTY: frozenset = frozenset()
 _OURS = str(Path(__file__).resolve().parent)
@@ -1024,9 +1025,13 @@ class Explainer:
                 break
         if origin is None:
             return
-        node, grad_in, grad_out = origin
+        node, grad_in, grad_out, parents = origin
         loc = location_from(frames_from_text("".join(node.metadata.get("traceback_", []) or [])), self.root)
-        facts = _boundary_facts(node, grad_in, grad_out)
+        after = []  # the ops its incoming gradient came from, with their lines
+        for parent in parents:
+            ploc = location_from(frames_from_text("".join(parent.metadata.get("traceback_", []) or [])), self.root)
+            after.append((parent.name(), ploc.where if ploc else None))
+        facts = _boundary_facts(node, grad_in, grad_out, after)
         code = _quote(loc, node.name())
         where = f" at {loc.where}" if loc else ""
         for f in findings:
@@ -1045,12 +1050,16 @@ class Explainer:
         seen: set[int] = set()
         stack = [loss.grad_fn]
         handles = []
+        parents: dict[int, list] = {}
         while stack:
             node = stack.pop()
             if node is None or id(node) in seen:
                 continue
             seen.add(id(node))
             stack.extend(n for n, _ in node.next_functions)
+            for child, _ in node.next_functions:
+                if child is not None:
+                    parents.setdefault(id(child), []).append(node)
             if hasattr(node, "variable"):
                 continue
 
@@ -1067,7 +1076,7 @@ class Explainer:
         finally:
             for h in handles:
                 h.remove()
-        return found[0] if found else None
+        return (*found[0], parents.get(id(found[0][0]), [])) if found else None
 
     def loss_nonfinite_origin(self, finding: Finding) -> None:
         """Re-run the first draw and find the first forward op whose output is NaN or Inf."""
@@ -1078,40 +1087,47 @@ class Explainer:
             return
         loc = hit.location
         what = "NaN" if "nan" in hit.what else "Inf"
-        finding.message += (f"; it began at {_quote(loc, hit.op)}{f' at {loc.where}' if loc else ''}, whose "
-                            f"result holds {what} ({hit.count} of {hit.total} elements) while its inputs are finite")
+        began = f"{hit.op} in {_quote(loc, hit.op)} at {loc.where}" if loc and loc.code else f"`{hit.op}`"
+        finding.message += (f"; it began at {began}, whose result holds {what} ({hit.count} of {hit.total} "
+                            "elements) while its inputs are finite")
         finding.location = loc
         finding.detail = {**finding.detail, "op": hit.op}
 
 
-# What each backward node's saved tensors say about why its gradient is not finite.
+# What each backward node's saved tensors say about why its gradient is not finite:
+# node -> (saved attribute, why, which elements, what they are called, what they are).
 _BOUNDARY = {
-    "SqrtBackward0": ("_saved_result", "has an infinite derivative at 0", lambda t: t == 0, "are 0"),
-    "LogBackward0": ("_saved_self", "has an infinite derivative at 0", lambda t: t == 0, "are 0"),
-    "Log2Backward0": ("_saved_self", "has an infinite derivative at 0", lambda t: t == 0, "are 0"),
-    "Log10Backward0": ("_saved_self", "has an infinite derivative at 0", lambda t: t == 0, "are 0"),
+    "SqrtBackward0": ("_saved_result", "has an infinite derivative at 0", lambda t: t == 0, "its input", "0"),
+    "LogBackward0": ("_saved_self", "has an infinite derivative at 0", lambda t: t == 0, "its input", "0"),
+    "Log2Backward0": ("_saved_self", "has an infinite derivative at 0", lambda t: t == 0, "its input", "0"),
+    "Log10Backward0": ("_saved_self", "has an infinite derivative at 0", lambda t: t == 0, "its input", "0"),
     "PowBackward0": ("_saved_self", "has an infinite derivative at 0 for exponents below 1",
-                     lambda t: t == 0, "are 0"),
+                     lambda t: t == 0, "the base", "0"),
     "AcosBackward0": ("_saved_self", "has an infinite derivative at -1 and 1",
-                      lambda t: t.abs() >= 1, "are at -1 or 1"),
+                      lambda t: t.abs() >= 1, "its input", "at -1 or 1"),
     "AsinBackward0": ("_saved_self", "has an infinite derivative at -1 and 1",
-                      lambda t: t.abs() >= 1, "are at -1 or 1"),
-    "DivBackward0": ("_saved_other", "divides by 0", lambda t: t == 0, "of the divisor are 0"),
+                      lambda t: t.abs() >= 1, "its input", "at -1 or 1"),
+    "DivBackward0": ("_saved_other", "divides by 0", lambda t: t == 0, "the divisor", "0"),
     "RsqrtBackward0": ("_saved_result", "has an infinite derivative at 0", lambda t: ~torch.isfinite(t),
-                       "are 0"),
+                       "its input", "0"),
 }
 
 
-def _boundary_facts(node: Any, grad_in: tuple, grad_out: tuple) -> str:
-    """Say why a node's gradient is NaN/Inf: '... has an infinite derivative at 0; 8 of 8 elements ...'."""
+def _boundary_facts(node: Any, grad_in: tuple, grad_out: tuple, after: list[tuple[str, str | None]] = ()) -> str:
+    """Say why a node's gradient is NaN/Inf: '... has an infinite derivative at 0; 8 of 64 elements ...'.
+
+    `after`: the backward nodes its incoming gradient came from (name, line), to say what passed a
+    zero gradient into an infinite derivative.
+    """
     name = node.name()
     bad = next((g for g in grad_in if g is not None and not bool(torch.isfinite(g).all())), None)
     n_bad = int((~torch.isfinite(bad)).sum()) if bad is not None else 0
     total = bad.numel() if bad is not None else 0
-    text = f"is the first backward step ({name}) to produce NaN/Inf: {n_bad} of {total} elements"
+    text = (f"is the first backward step ({name}) to produce NaN/Inf: {n_bad} of {total} elements of its "
+            "gradient are not finite")
     entry = _BOUNDARY.get(name)
     if entry is not None:
-        attr, why, test, verb = entry
+        attr, why, test, subject, what = entry
         saved = getattr(node, attr, None)
         if isinstance(saved, torch.Tensor):
             saved = saved.detach()
@@ -1119,7 +1135,7 @@ def _boundary_facts(node: Any, grad_in: tuple, grad_out: tuple) -> str:
             nan = torch.isnan(saved)
             k = int(hits.sum())
             if k:
-                text = f"{why}; {k} of {saved.numel()} elements of its input {verb}"
+                text = f"{why}; {k} of {saved.numel()} elements of {subject} {'is' if k == 1 else 'are'} {what}"
             elif bool(nan.any()):
                 text = (f"is NaN where its input is outside its domain ({int(nan.sum())} of {saved.numel()} "
                         "elements), so its gradient is NaN there")
@@ -1127,6 +1143,6 @@ def _boundary_facts(node: Any, grad_in: tuple, grad_out: tuple) -> str:
     if bad is not None and incoming is not None and incoming.shape == bad.shape:
         masked = (~torch.isfinite(bad)) & (incoming == 0)
         if bool(masked.any()):
-            text += ("; the incoming gradient there is 0 (a torch.where or mask hides the branch in the "
-                     "forward pass), but 0 × Inf or 0 × NaN is NaN in backward")
+            text += (f"; the incoming gradient there is 0 ({zero_incoming_hint(after)}), but 0 × Inf or 0 × NaN "
+                     "is NaN in backward")
     return text

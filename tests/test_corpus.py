@@ -26,6 +26,8 @@ RATIO = "x: {shape: [B, 2], init: uniform, low: 0.5, high: 2.0}\n      t: {shape
 ONEHOT = "x: {shape: [B, C]}\n      t: {shape: [B, C], init: one_hot, requires_grad: false}"
 MASKS = ("y_pred: {shape: [B, 3, 4, 4]}\n      y_true: {shape: [B, 3, 4, 4], init: randint, high: 2, dtype: int64, "
          "requires_grad: false}")
+X2 = "x: {shape: [B, 2]}"
+SIZES = "x: {shape: [B, 2]}\n      t: {shape: [B, 2], init: uniform, low: 0.5, high: 2.0, requires_grad: false}"
 LABELS = "x: {shape: [B, C]}\n      t: {shape: [B], init: randint, high: 4, dtype: int64, requires_grad: false}"
 
 # case: (module:loss, inputs, headline finding, the verdict it explains or None, extra case yaml)
@@ -80,6 +82,9 @@ BUGS = {
     "angle_to_self": ("cause_nonfinite:angle_to_self", X, "nonfinite-grad", None, ""),
     "root_of_masked": ("cause_nonfinite:root_of_masked", X, "nonfinite-grad", None, ""),
     "log_prob_underflow": ("cause_nonfinite:log_prob_underflow", ONEHOT, "loss-nonfinite", None, ""),
+    "pairwise_upper": ("cause_nonfinite:pairwise_upper", X, "nonfinite-grad", None, ""),
+    "flat_box_ciou": ("cause_nonfinite:flat_box_ciou", SIZES, "nonfinite-grad", None, ""),
+    "ratio_of_masked": ("cause_nonfinite:ratio_of_masked", X2, "nonfinite-grad", None, ""),
     # device-portability
     "weights_without_device": ("cause_portability:weights_without_device", XT, "device-portability", None, ""),
     "positions_without_device": ("cause_portability:positions_without_device", XT, "device-portability",
@@ -204,6 +209,42 @@ def test_nonfinite_origin_says_why(corpus):
     assert sqrt["detail"]["node"] == "SqrtBackward0"
     masked = corpus["where_sqrt"]["findings"][0]
     assert "incoming gradient there is 0" in masked["message"]
+
+
+@pytest.mark.parametrize("case, says, never", [
+    # an infinite derivative with a finite incoming gradient: no hint about a hidden branch
+    ("pairwise_distance", [], ["hides the branch", "incoming gradient there is 0"]),
+    # the zero incoming gradient is named by what passed it
+    ("pairwise_upper", ["incoming gradient there is 0 (triu keeps only the upper triangle"], ["torch.where", "mask"]),
+    ("flat_box_ciou", ["divides by 0", "of the divisor are 0", "atan's derivative is 0 at ±infinity"],
+     ["torch.where", "mask", "its input of"]),
+    ("where_sqrt", ["a torch.where hides the branch in the forward pass"], []),
+    ("ratio_of_masked", ["of the divisor", "the clamp after it passes no gradient where it clips"],
+     ["its input of the divisor", "torch.where"]),
+    ("log_prob_underflow", ["it began at torch.log in `"], []),
+])
+def test_nonfinite_words_fit_the_case(corpus, case, says, never):
+    message = corpus[case]["findings"][0]["message"]
+    for text in says:
+        assert text in message, message
+    for text in never:
+        assert text not in message, message
+
+
+def test_partial_grad_words_agree_in_number(corpus):
+    partial = next(f for f in corpus["DiceClasses"]["findings"] if f["id"] == "partial-grad")
+    assert partial["message"].startswith("index 0 along dim 1 of y_pred [8, 3, 4, 4] never receives a gradient")
+    assert "keeps only part of a tensor computed from `y_pred`" in partial["message"]
+    task = next(f for f in corpus["TaskWeights"]["findings"] if f["id"] == "partial-grad")
+    assert task["message"].startswith("element 1 of param:log_vars [2] never receives a gradient")
+    assert "keeps only part of `param:log_vars`" in task["message"]
+
+
+def test_custom_function_break_is_its_backward(corpus):
+    first = corpus["EntmaxLearnedAlpha"]["findings"][0]
+    assert first["detail"]["kind"] == "custom-backward" and first["location"]["function"] == "backward"
+    assert "returns None for its input that `param:raw_alpha` reaches it through" in first["message"]
+    assert "declared here and never used" not in json.dumps(corpus["EntmaxLearnedAlpha"]["findings"])
 
 
 def test_unused_parameter_points_at_its_declaration(corpus):
