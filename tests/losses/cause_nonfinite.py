@@ -84,7 +84,8 @@ def flat_box_ciou(x, t):
     in the division's backward. No where or mask is involved."""
     w_pred, h_pred = F.softplus(x[:, 0]), F.relu(x[:, 1])
     w_gt, h_gt = t[:, 0], t[:, 1]
-    v = (4 / (torch.pi**2)) * torch.pow(torch.atan(w_gt / h_gt) - torch.atan(w_pred / h_pred), 2)  # CULPRIT: flat_box_ciou
+    aspect = torch.atan(w_gt / h_gt) - torch.atan(w_pred / h_pred)  # CULPRIT: flat_box_ciou
+    v = (4 / (torch.pi**2)) * torch.pow(aspect, 2)
     return v.mean()
 
 
