@@ -43,7 +43,7 @@ from gradaudit.portability import (
 )
 from gradaudit.selection import selections_dropping
 from gradaudit.shapes import describe_dead
-from gradaudit.wording import zero_incoming_hint
+from gradaudit.wording import no_grad_hint, zero_incoming_hint
 
 _EMPTY: frozenset = frozenset()
 _OURS = str(Path(__file__).resolve().parent)
@@ -721,6 +721,9 @@ class Explainer:
                     text = f"{code}{where} passes {what} on with a zero gradient: {words}"
                 else:
                     text = f"{code}{where} cuts {what} from the loss: {words}"
+                if rec.why in ("detach", "no_grad"):  # a stop-gradient on a whole input: maybe by design
+                    text += no_grad_hint([t.input for t in targets if t.id == "input-disconnected"
+                                          and t.input and not t.input.startswith("param:")])
                 finding = Finding(id="graph-break", severity="fail", message=text,
                                   input=first.input, location=loc, detail=detail)
                 fails.append(finding)

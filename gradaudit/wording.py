@@ -57,3 +57,13 @@ def zero_incoming_hint(after: list[tuple[str, str | None]]) -> str:
     name, where = after[0]
     op = re.sub(r"Backward\d*$", "", name)
     return f"`{op}` after it passes a zero gradient there" + (f" (at {where})" if where else "")
+
+
+def no_grad_hint(names: list[str]) -> str:
+    """For inputs cut whole by a stop-gradient: how to declare one that is a target by design."""
+    if not names:
+        return ""
+    listed = ", ".join(names)
+    subject = " and ".join(f"`{n}`" for n in names)
+    return (f"; if {subject} {'is a' if len(names) == 1 else 'are'} stop-gradient target{'s' if len(names) > 1 else ''}"
+            f" by design (as BYOL's target branch), declare it: expect: {{no_grad: [{listed}]}}")

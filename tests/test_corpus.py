@@ -59,6 +59,7 @@ BUGS = {
     "floor_bins": ("cause_graph_break:floor_bins", XT, "graph-break", "zero-grad", ""),
     "sign_margin": ("cause_graph_break:sign_margin", XT, "graph-break", "zero-grad", ""),
     "helper_chain": ("cause_graph_break:helper_chain", XY, "graph-break", "input-disconnected", ""),
+    "byol_target": ("cause_graph_break:byol_target", XY, "graph-break", "input-disconnected", ""),
     # the line that selected the live part, a custom Function's backward, a replaced loss
     "TaskWeights": ("cause_where:TaskWeights", XT, "partial-grad", None, ""),
     "DiceClasses": ("cause_where:DiceClasses", MASKS, "partial-grad", None, ""),
@@ -105,6 +106,7 @@ TWINS = {f"{name.rstrip('_')}_twin": (_twin(loss), inputs, extra)
          for name, (loss, inputs, _, _, extra) in BUGS.items()}
 TWINS["no_grad_normalise_twin"] = ("cause_graph_break:no_grad_target_twin", XY, "expect: {no_grad: [y]}")
 TWINS["custom_function_twin"] = ("cause_graph_break:custom_function_twin", XY, "")
+TWINS["byol_target_twin"] = ("cause_graph_break:byol_target_twin", XY, "expect: {no_grad: [y]}")
 # Not in BUGS: on a CPU-only machine it fails in forward (see its own test); its twin must pass anywhere.
 EXTRA_BUGS = {"hardcoded_cuda": ("cause_portability:hardcoded_cuda", XT, "")}
 TWINS["hardcoded_cuda_twin"] = ("cause_portability:hardcoded_cuda_twin", XT, "")
@@ -245,6 +247,14 @@ def test_custom_function_break_is_its_backward(corpus):
     assert first["detail"]["kind"] == "custom-backward" and first["location"]["function"] == "backward"
     assert "returns None for its input that `param:raw_alpha` reaches it through" in first["message"]
     assert "declared here and never used" not in json.dumps(corpus["EntmaxLearnedAlpha"]["findings"])
+
+
+def test_an_undeclared_stop_gradient_target_suggests_expect_no_grad(corpus):
+    first = corpus["byol_target"]["findings"][0]
+    assert "declare it: expect: {no_grad: [y]}" in first["message"], first["message"]
+    # not where the cut input is the prediction's own value, or the cut is no stop-gradient
+    for case in ("self_target", "argmax_onehot", "data_attribute", "FrozenScale"):
+        assert "expect: {no_grad" not in json.dumps(corpus[case]["findings"]), case
 
 
 def test_unused_parameter_points_at_its_declaration(corpus):
