@@ -22,6 +22,11 @@ FINDINGS: dict[str, tuple[str, str]] = {
     "device-portability": ("warn", "the loss makes tensors on a fixed device"),
     "gradcheck-mismatch": ("fail", "the analytic gradient disagrees with finite differences"),
     "unexpected-pass": ("fail", "expect.status: fail was declared but the audit found nothing"),
+    # Additions to the contract:
+    "dead-term": ("warn", "a term cut from the gradient reaches the loss only by addition: it changes the "
+                          "loss value and never training"),
+    "saturated-grad": ("warn", "an op with a value range (clamp, hardtanh, ...) zeroes most of an input's "
+                               "gradient in every draw, because the drawn values lie outside its range"),
 }
 
 

@@ -29,6 +29,8 @@ import torch
 from torch.overrides import TorchFunctionMode
 
 from gradaudit.customfn import none_grads
+from gradaudit.deadterm import WORDS as DEAD_WORDS
+from gradaudit.deadterm import combine, dead_breaks
 from gradaudit.frames import frames_from_text, is_user_file, location_from
 from gradaudit.model import Finding, Location
 from gradaudit.opscan import first_nonfinite
@@ -41,6 +43,7 @@ from gradaudit.portability import (
     gradient_args,
     unmoved_attributes,
 )
+from gradaudit.saturation import RANGE_OPS, outside, saturation_finding, value_range
 from gradaudit.selection import selections_dropping
 from gradaudit.shapes import describe_dead
 from gradaudit.wording import no_grad_hint, zero_incoming_hint
@@ -130,15 +133,16 @@ def _display_op(name: str, func: Any) -> str:
 class Tag:
     """What the trace knows about one tensor, for the draw that made it."""
 
-    __slots__ = ("token", "grad", "derived", "breaks", "fixed")
+    __slots__ = ("token", "grad", "derived", "breaks", "fixed", "terms")
 
     def __init__(self, token: object, grad: frozenset = _EMPTY, derived: bool = False,
-                 breaks: frozenset = _EMPTY, fixed: frozenset = _EMPTY) -> None:
+                 breaks: frozenset = _EMPTY, fixed: frozenset = _EMPTY, terms: frozenset = _EMPTY) -> None:
         self.token = token
         self.grad = grad  # audited leaves its gradient path reaches
         self.derived = derived  # its values depend on an input
         self.breaks = breaks  # ids of recorded breaks its values passed through
         self.fixed = fixed  # ids of fixed-device factories it came from
+        self.terms = terms  # breaks added to it as terms, since then only linearly (gradaudit.deadterm)
 
 
 @dataclass
@@ -156,6 +160,7 @@ class Record:
     conflict: bool = False
     met: bool = False  # factory: its result met an input-derived tensor
     device: str = ""
+    facts: dict[str, Any] = field(default_factory=dict)  # range: its bounds and the values outside them
 
 
 @dataclass
@@ -265,6 +270,9 @@ class Tracer:
         # Tensors the draw starts with on a fixed device (a module's plain attributes), each with
         # its `factory` record: whether they meet the inputs is what the portability check asks.
         self.sources: list[tuple[torch.Tensor, Record]] = []
+        self.modulating: set[int] = set()  # breaks whose values shape a live path (gradaudit.deadterm)
+        self.loss_terms: set[int] = set()  # breaks added to the loss as terms, linearly since
+        self.loss_modulating: set[int] = set()  # `modulating` as it stood when the loss returned
 
     # -- tags -------------------------------------------------------------------------------
     def tag(self, t: torch.Tensor) -> Tag | None:
@@ -374,10 +382,12 @@ class Tracer:
             out = func(*args, **kwargs)
         finally:
             self.current = previous
+        if name in RANGE_OPS and tensors and args and isinstance(args[0], torch.Tensor):
+            self._range(func, name, args, kwargs)
         if tensors or factory is not None or kind in ("data", "escape"):
             if tensors and follows_device(name, args, kwargs):
                 factory = _FOLLOWS  # moved to a device taken from a tensor: portable again
-            self._after(func, name, kind, tensors, out, target, before, factory)
+            self._after(func, name, kind, tensors, out, target, before, factory, scan)
         return out
 
     def _collect(self, values: tuple | list, out: list, depth: int) -> None:
@@ -393,7 +403,21 @@ class Tracer:
             if depth > 0 and i >= _MAX_LIST_SCAN:
                 return
 
-    def _after(self, func, name, kind, tags, out, target, before, factory) -> None:
+    def _terms(self, name: str, tags: list[Tag], args: tuple) -> frozenset:
+        """The dead-term bookkeeping of one op (gradaudit.deadterm); the terms its result carries."""
+        if not any(t.terms or (t.breaks and not t.grad) for t in tags):
+            return _EMPTY  # the common case: no cut value and no term in sight
+        carried, shaping, added = combine(name, tags)
+        if shaping:
+            self.modulating.update(shaping)
+        if added:  # cut values added to a live path: a term, unless they are all zero (0.0 * metric)
+            cut = [v for v in args if isinstance(v, torch.Tensor) and (t := self.tag(v)) is not None
+                   and not t.grad and t.breaks]
+            if any(bool((v != 0).any()) for v in cut if v.numel() and v.device.type != "meta"):
+                carried = carried | added
+        return carried
+
+    def _after(self, func, name, kind, tags, out, target, before, factory, args=()) -> None:
         if len(tags) == 1:
             only = tags[0]
             grad_in, breaks_in, fixed_in, derived = only.grad, only.breaks, only.fixed, only.derived
@@ -424,8 +448,9 @@ class Tracer:
             made = self._made(func, name)  # a new tensor from Python values: it may replace the loss
             if made is not None:
                 breaks_in = breaks_in | {made.id}
+        terms = self._terms(name, tags, args) if grad_in else _EMPTY
         if kind == "inplace" and target is not None:
-            self._inplace(func, name, target, before, grad_in, breaks_in, derived, fixed_in)
+            self._inplace(func, name, target, before, grad_in, breaks_in, derived, fixed_in, terms)
             return
         outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(o, torch.Tensor)]
         lost_rec = None
@@ -445,12 +470,13 @@ class Tracer:
                 fixed = fixed | {factory.id}
             first = tags[0] if len(tags) == 1 else None
             if (first is not None and grad_out is first.grad and brk is first.breaks and fixed is first.fixed
-                    and derived == first.derived):
+                    and derived == first.derived and terms == first.terms):
                 o.__dict__["_gradaudit_tag"] = tags[0]  # nothing changed: share the input's tag
             else:
-                self.set_tag(o, Tag(self.token, grad=grad_out, derived=derived, breaks=brk, fixed=fixed))
+                self.set_tag(o, Tag(self.token, grad=grad_out, derived=derived, breaks=brk, fixed=fixed,
+                                    terms=terms if grad_out else _EMPTY))
 
-    def _inplace(self, func, name, target, before, grad_in, breaks_in, derived, fixed_in) -> None:
+    def _inplace(self, func, name, target, before, grad_in, breaks_in, derived, fixed_in, terms=_EMPTY) -> None:
         version_before, was_graph = before
         grad_out = grad_in if target.requires_grad and name not in ZERO_DERIVATIVE else _EMPTY
         brk = breaks_in
@@ -458,7 +484,8 @@ class Tracer:
             rec = self._break(func, name, self._break_kind(name, "inplace", target), grad_in - grad_out)
             if rec is not None:
                 brk = brk | {rec.id}
-        tag = Tag(self.token, grad=grad_out, derived=derived, breaks=brk, fixed=fixed_in)
+        tag = Tag(self.token, grad=grad_out, derived=derived, breaks=brk, fixed=fixed_in,
+                  terms=terms if grad_out else _EMPTY)
         self.set_tag(target, tag)
         base = target._base
         if base is not None:
@@ -503,6 +530,21 @@ class Tracer:
         rec = self.record("break", _display_op(name, func), frames, why=why)
         rec.lost.update(lost)
         return rec
+
+    def _range(self, func: Any, name: str, args: tuple, kwargs: dict) -> None:
+        """Count the values a range op clips (gradaudit.saturation), for a gradient-carrying input."""
+        tag = self.tag(args[0])
+        bounds = value_range(name, args, kwargs) if tag is not None and tag.grad else None
+        frames = _user_frames() if bounds is not None else None
+        if frames is None:
+            return
+        clipped, seen = outside(args[0], *bounds)
+        rec = self.record("range", _display_op(name, func), frames)
+        rec.lost.update(tag.grad)
+        facts = rec.facts
+        facts.setdefault("range", bounds)
+        facts["outside"] = facts.get("outside", 0) + clipped
+        facts["seen"] = facts.get("seen", 0) + seen
 
     def _made(self, func: Any, name: str) -> Record | None:
         frames = _user_frames()
@@ -564,7 +606,7 @@ class Tracer:
 
 def _unfixed(tag: Tag) -> Tag:
     """A tag's view without its fixed-device sources (an index tensor, which may stay on the CPU)."""
-    return Tag(tag.token, grad=tag.grad, derived=tag.derived, breaks=tag.breaks)
+    return Tag(tag.token, grad=tag.grad, derived=tag.derived, breaks=tag.breaks, terms=tag.terms)
 
 
 def _union(sets: list[frozenset]) -> frozenset:
@@ -603,8 +645,12 @@ class TraceObserver:
         if isinstance(loss, torch.Tensor):
             tag = loss.__dict__.get("_gradaudit_tag")
             found = set(tag.breaks) if tag is not None and tag.token is tracer.token else set()
+            if tag is not None and tag.token is tracer.token:
+                tracer.loss_terms |= tag.terms
         else:
             found = set()
+        # What shaped the gradient up to here: the audit's own use of the loss afterwards does not count.
+        tracer.loss_modulating |= tracer.modulating
         # Python values carry no tag: any value that left as one may have reached the loss.
         found |= tracer.escaped
         tracer.loss_breaks = found if tracer.loss_breaks is None else tracer.loss_breaks | found
@@ -661,6 +707,7 @@ class Explainer:
         self.inplace()
         self.portability()
         self.unregistered_tensors()
+        self.saturation()
         nonfinite = [f for f in self.audit.findings if f.id == "nonfinite-grad"]
         if nonfinite:
             self.nonfinite_origin(nonfinite)
@@ -698,7 +745,9 @@ class Explainer:
             blame(no_grad, [r for r in breaks if (on_path is None or r.id in on_path)
                             and self.lost_names(r) - declared])
         fails: list[Finding] = []
+        warns: list[Finding] = []
         infos: list[Finding] = []
+        dead = dead_breaks(tracer.loss_terms, tracer.loss_modulating, set(explained))
         culprit_of: dict[int, Finding] = {}  # id(failing finding) -> its best graph-break
         for rec in sorted(breaks, key=lambda r: (_KIND_WORDS[r.why][1], r.id)):
             lost = sorted(self.lost_names(rec))
@@ -729,6 +778,10 @@ class Explainer:
                 fails.append(finding)
                 for target in targets:
                     culprit_of.setdefault(id(target), finding)
+            elif rec.id in dead:
+                warns.append(Finding(id="dead-term", severity="warn", message=f"{code}{where}: "
+                                     + DEAD_WORDS.format(why=words), input=lost[0] if len(lost) == 1 else None,
+                                     location=loc, detail=detail))
             else:
                 subject = ", ".join(f"`{n}`" for n in lost)
                 text = (f"{code}{where} cuts the gradient path from {subject} ({words}); "
@@ -740,7 +793,7 @@ class Explainer:
             if best is not None and f.location is None:
                 f.location = best.location
         audit.findings[:0] = fails
-        audit.findings.extend(infos)
+        audit.findings.extend(warns + infos)
 
     def what(self, finding: Finding, rec: Record) -> str:
         if finding.id == "loss-no-grad":
@@ -930,6 +983,31 @@ class Explainer:
                 finding = factory_finding(rec, loc, _quote(loc, rec.op))
                 if finding is not None:
                     self.audit.findings.append(finding)
+
+    # -- saturation -------------------------------------------------------------------------
+    def saturation(self) -> None:
+        """A range op that clips most of an input's values, where most of its gradient is zero."""
+        audit = self.audit
+        failing = {f.input: f for f in audit.findings if f.id in ("zero-grad", "partial-grad") and f.input}
+        for rec in self.tracer.records:
+            if rec.kind != "range" or "range" not in rec.facts:
+                continue
+            loc = self.location(rec)
+            for name in sorted(self.lost_names(rec)):
+                track = audit.tracks.get(name)
+                if track is None or track.alive_counts is None or not track.draws:
+                    continue
+                total = track.alive_counts.numel() * track.draws
+                zeros = total - int(track.alive_counts.sum())
+                finding = saturation_finding(rec.op, *rec.facts["range"], rec.facts["outside"], rec.facts["seen"],
+                                             name, zeros, total, track.draws, loc, _quote(loc, rec.op))
+                if finding is None:
+                    continue
+                if name in failing:  # the verdict already fails it: the range op is where
+                    if failing[name].location is None:
+                        failing[name].location = loc
+                    continue
+                audit.findings.append(finding)
 
     # -- parameters nothing uses --------------------------------------------------------------
     def unused_parameters(self) -> None:

@@ -28,6 +28,9 @@ MASKS = ("y_pred: {shape: [B, 3, 4, 4]}\n      y_true: {shape: [B, 3, 4, 4], ini
          "requires_grad: false}")
 X2 = "x: {shape: [B, 2]}"
 SIZES = "x: {shape: [B, 2]}\n      t: {shape: [B, 2], init: uniform, low: 0.5, high: 2.0, requires_grad: false}"
+IMAGES = ("y_pred: {shape: [B, C, 8, 8]}\n      y_true: {shape: [B, C, 8, 8], init: randint, high: 2, "
+          "dtype: float32, requires_grad: false}")
+WIDE = "x: {shape: [B, 16]}\n      t: {shape: [B, 16], requires_grad: false}"
 LABELS = "x: {shape: [B, C]}\n      t: {shape: [B], init: randint, high: 4, dtype: int64, requires_grad: false}"
 
 # case: (module:loss, inputs, headline finding, the verdict it explains or None, extra case yaml)
@@ -65,6 +68,11 @@ BUGS = {
     "DiceClasses": ("cause_where:DiceClasses", MASKS, "partial-grad", None, ""),
     "EntmaxLearnedAlpha": ("cause_where:EntmaxLearnedAlpha", LABELS, "graph-break", "input-disconnected", ""),
     "forecast_replace": ("cause_where:forecast_replace", XT, "graph-break", "loss-no-grad", ""),
+    # silent bugs: a dead term, a saturating range
+    "argmax_penalty": ("cause_dead:argmax_penalty", LABELS, "dead-term", None, ""),
+    "detached_regulariser": ("cause_dead:detached_regulariser", XT, "dead-term", None, ""),
+    "clamp_logits": ("cause_dead:clamp_logits", IMAGES, "saturated-grad", None, ""),
+    "hardtanh_wide": ("cause_dead:hardtanh_wide", WIDE, "saturated-grad", None, ""),
     # nn.Module losses
     "FrozenScale": ("cause_modules:FrozenScale", XT, "graph-break", "input-disconnected", ""),
     "DataWeight": ("cause_modules:DataWeight", XT, "graph-break", "input-disconnected", ""),
@@ -116,6 +124,10 @@ PORTABLE = {
     "WindowMovedInForward": XT, "GaussWindowTwin": XT, "ClassWeightsTypeAsTwin": XT, "ones_type_as_twin": XT,
     "IndexAttributeTwin": XT, "MetricStateTwin": XT, "RebuiltEachCallTwin": ONEHOT, "bincount_weights_twin": ONEHOT,
 }
+# What stays quiet beside dead-term and saturated-grad: a relu, a hinge, top-k, a detached weight, a mask.
+QUIET = {"relu_twin": WIDE, "hinge_twin": WIDE, "topk_twin": WIDE, "clamp_wide_twin": WIDE, "mask_twin": XT,
+         "where_twin": XT, "zero_weighted_metric_twin": XT, "straight_through_twin": XT}
+TWINS.update({f"quiet_{name}": (f"cause_dead:{name}", inputs, "") for name, inputs in QUIET.items()})
 TWINS.update({f"portable_{name}": (f"cause_portability:{name}", inputs, "") for name, inputs in PORTABLE.items()})
 
 
@@ -181,7 +193,7 @@ def test_bug_is_found_at_its_culprit_line(corpus, case):
         assert first["detail"]["saved_by"]["location"]["line"] == saver
         assert f":{saver}" in first["message"] and f":{first['location']['line']}" in first["message"]
         assert f"{module}.py:{first['location']['line']}" in r["summary_line"]
-    if headline == "device-portability":
+    if headline in ("device-portability", "dead-term", "saturated-grad"):
         assert r["status"] == "warn"
 
 
@@ -255,6 +267,24 @@ def test_an_undeclared_stop_gradient_target_suggests_expect_no_grad(corpus):
     # not where the cut input is the prediction's own value, or the cut is no stop-gradient
     for case in ("self_target", "argmax_onehot", "data_attribute", "FrozenScale"):
         assert "expect: {no_grad" not in json.dumps(corpus[case]["findings"]), case
+
+
+def test_dead_term_replaces_the_info_break(corpus):
+    findings = corpus["argmax_penalty"]["findings"]
+    assert [f["id"] for f in findings] == ["dead-term"], findings
+    assert "changes the loss value and never training" in findings[0]["message"]
+    assert findings[0]["detail"]["kind"] == "index"
+    for case in ("detached_regulariser_twin", "quiet_where_twin", "quiet_straight_through_twin"):
+        assert [f["severity"] for f in corpus[case]["findings"] if f["id"] == "graph-break"] == ["info"], case
+
+
+def test_saturation_names_the_range_and_the_fraction(corpus):
+    first = corpus["clamp_logits"]["findings"][0]
+    assert first["input"] == "y_pred" and first["detail"]["range"] == [1e-7, 1 - 1e-7]
+    assert "clips its input to [1e-07, 0.9999999]" in first["message"]
+    assert re.search(r"(6[4-9])% of the drawn values lie outside that range", first["message"]), first["message"]
+    assert 0.6 < first["detail"]["outside_fraction"] < 0.72
+    assert not [f for f in corpus["clamp_logits"]["findings"] if f["id"] == "partial-grad"]
 
 
 def test_unused_parameter_points_at_its_declaration(corpus):
