@@ -69,7 +69,9 @@ class Location(Frame):
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["chain"] = [f.to_dict() for f in self.chain]
-        return _prune(data, ("chain", "context_start", "context", "label"))
+        if not data["label"]:
+            del data["label"]
+        return _prune(data, ("chain", "context_start", "context"))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Location:
