@@ -398,7 +398,7 @@ class Tracer:
             if depth > 0 and i >= _MAX_LIST_SCAN:
                 return
 
-    def _terms(self, name: str, tags: list[Tag], args: tuple) -> frozenset:
+    def _terms(self, name: str, tags: list[Tag], args: tuple, out: Any = None) -> frozenset:
         """The dead-term bookkeeping of one op (gradaudit.deadterm); the terms its result carries."""
         if not any(t.terms or (t.breaks and not t.grad) for t in tags):
             return _EMPTY  # the common case: no cut value and no term in sight
@@ -408,7 +408,9 @@ class Tracer:
         if added:  # cut values added to a live path: a term, unless they are all zero (0.0 * metric)
             cut = [v for v in args if isinstance(v, torch.Tensor) and (t := self.tag(v)) is not None
                    and not t.grad and t.breaks]
-            if any(bool((v != 0).any()) for v in cut if v.numel() and v.device.type != "meta"):
+            # `x - x.detach()` (zero, with x's gradient) injects a gradient: an idiom, not a term.
+            idiom = isinstance(out, torch.Tensor) and out.device.type != "meta" and not bool(out.any())
+            if not idiom and any(bool((v != 0).any()) for v in cut if v.numel() and v.device.type != "meta"):
                 carried = carried | added
         return carried
 
@@ -443,7 +445,7 @@ class Tracer:
             made = self._made(func, name)  # a new tensor from Python values: it may replace the loss
             if made is not None:
                 breaks_in = breaks_in | {made.id}
-        terms = self._terms(name, tags, args) if grad_in else _EMPTY
+        terms = self._terms(name, tags, args, out) if grad_in else _EMPTY
         if kind == "inplace" and target is not None:
             self._inplace(func, name, target, before, grad_in, breaks_in, derived, fixed_in, terms)
             return

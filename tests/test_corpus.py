@@ -126,7 +126,8 @@ PORTABLE = {
 }
 # What stays quiet beside dead-term and saturated-grad: a relu, a hinge, top-k, a detached weight, a mask.
 QUIET = {"relu_twin": WIDE, "hinge_twin": WIDE, "topk_twin": WIDE, "clamp_wide_twin": WIDE, "mask_twin": XT,
-         "where_twin": XT, "zero_weighted_metric_twin": XT, "straight_through_twin": XT}
+         "where_twin": XT, "zero_weighted_metric_twin": XT, "straight_through_twin": XT,
+         "gradient_injection_twin": XT}
 TWINS.update({f"quiet_{name}": (f"cause_dead:{name}", inputs, "") for name, inputs in QUIET.items()})
 TWINS.update({f"portable_{name}": (f"cause_portability:{name}", inputs, "") for name, inputs in PORTABLE.items()})
 
