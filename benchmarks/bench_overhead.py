@@ -26,7 +26,9 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gradaudit.api import Spec, prepare  # noqa: E402
-from gradaudit.audit import AuditContext, CaseAudit  # noqa: E402
+from gradaudit.devices import current  # noqa: E402
+from gradaudit.draws import DrawLoop  # noqa: E402
+from gradaudit.losscall import load_loss  # noqa: E402
 from gradaudit.tracing import default_observers  # noqa: E402
 
 
@@ -98,13 +100,14 @@ def medians_ms(fns: list, repeats: int) -> list[tuple[float, float]]:
 def measure(loss, inputs, device: str, repeats: int) -> tuple[float, float, float]:
     spec = prepare(loss, inputs, devices=[device])[0]
 
-    def case_audit(observers):
-        audit = CaseAudit(spec, device, AuditContext(root=Path.cwd(), observers=observers))
-        assert audit._load()
-        return audit
+    def draw_loop(observers):
+        call = load_loss(spec, device, Path.cwd(), current())
+        ready = call.inputs(0)
+        call.inputs = lambda draw: ready  # time the draw, not the making of its inputs
+        return DrawLoop(call, spec, observers, keep_first=False), ready
 
-    plain, traced = case_audit([]), case_audit(default_observers())
-    tensors = plain._inputs(0)
+    (plain, ready), (traced, _) = draw_loop([]), draw_loop(default_observers())
+    tensors = {name: ready.leaves.get(name, t) for name, t in ready.received.items()}
     leaves = [t for t in tensors.values() if t.requires_grad]
 
     def bare():
@@ -114,10 +117,9 @@ def measure(loss, inputs, device: str, repeats: int) -> tuple[float, float, floa
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
-    def one_draw(audit):
+    def one_draw(loop):
         def run():
-            audit.draws = 0  # every timed draw is draw 0, the fully traced one
-            assert audit._one_draw(tensors), audit.findings
+            assert loop.one(0), loop.record  # every timed draw is draw 0, the fully traced one
         return run
 
     bare_ms, spine_ms, audited_ms = medians_ms([bare, one_draw(plain), one_draw(traced)], repeats)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from gradaudit._version import __version__  # noqa: F401 - the package's version, as gradaudit.__version__
 
 __all__ = ["AuditedLoss", "Spec", "audit", "case"]
 

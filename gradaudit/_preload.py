@@ -7,5 +7,5 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import torch  # noqa: F401
 
-import gradaudit.audit  # noqa: E402, F401
+import gradaudit.caseaudit  # noqa: E402, F401
 import gradaudit.workers  # noqa: E402, F401

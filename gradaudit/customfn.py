@@ -12,7 +12,6 @@ from __future__ import annotations
 import ast
 import inspect
 import textwrap
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,14 +75,9 @@ def _forward_names(cls: type) -> list[str]:
     return params[1:]  # after ctx
 
 
-def none_grads(run: Callable[[], Any], names: dict[int, str], leaves: list[torch.Tensor]) -> list[NoneGrad]:
-    """Run `run()` (one draw's forward), backward to `leaves`, and return each custom Function whose
-    backward gave None to an input that requires grad. `names` maps id(leaf) to its audited name."""
-    loss = run()
-    if not isinstance(loss, torch.Tensor) or loss.grad_fn is None or not leaves:
-        return []
-    loss = loss.sum() if loss.dim() else loss
-    hits: list[tuple[Any, int]] = []
+def hook_functions(loss: torch.Tensor, hits: list[tuple[Any, int]]) -> list[Any]:
+    """Hook every custom Function node of `loss`'s graph: each (node, input index) whose backward
+    returns None for an input that requires grad is appended to `hits`. Returns the handles."""
     handles = []
     seen: set[int] = set()
     stack = [loss.grad_fn]
@@ -99,13 +93,12 @@ def none_grads(run: Callable[[], Any], names: dict[int, str], leaves: list[torch
                     if g is None and i < len(node.next_functions) and node.next_functions[i][0] is not None:
                         hits.append((node, i))
             handles.append(node.register_hook(hook))
-    if not handles:
-        return []
-    try:
-        torch.autograd.grad(loss, leaves, allow_unused=True)
-    finally:
-        for h in handles:
-            h.remove()
+    return handles
+
+
+def summarise(hits: list[tuple[Any, int]], names: dict[int, str]) -> list[NoneGrad]:
+    """The Functions behind `hits`, with the audited tensors (`names`: id(leaf) -> name) behind
+    each None and the line of the backward's return."""
     found: dict[int, NoneGrad] = {}
     for node, i in hits:
         behind = _leaves_under(node.next_functions[i][0], names)

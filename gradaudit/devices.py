@@ -101,6 +101,21 @@ class DeviceLayer:
         return (f"{format_bytes(allocated)} allocated and {format_bytes(reserved)} reserved by torch, "
                 f"{format_bytes(free)} free of {format_bytes(total)}")
 
+    def generator(self, device: torch.device) -> torch.Generator | None:
+        """The default random generator of a non-CPU `device`, which a draw seeds and restores;
+        None for the CPU (seeded on its own) and where the device has none we know of."""
+        if device.type == "cuda":
+            torch.cuda.init()
+            return torch.cuda.default_generators[device.index if device.index is not None
+                                                 else torch.cuda.current_device()]
+        if device.type == "xpu":  # pragma: no cover - no xpu here
+            torch.xpu.init()
+            return torch.xpu.default_generators[device.index if device.index is not None
+                                                else torch.xpu.current_device()]
+        if device.type == "mps":  # pragma: no cover - no mps here
+            return torch.mps._get_default_mps_generator()
+        return None
+
     def forward_context(self, device: str, autocast: str | None) -> Any:
         """The context the loss's forward runs in on `device`: autocast to `autocast` (a dtype
         name), or none."""

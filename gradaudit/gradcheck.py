@@ -19,12 +19,13 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.autograd.gradcheck import GradcheckError
 
-from gradaudit.audit import pick_loss
+from gradaudit.findings import default_severity
 from gradaudit.frames import location_from
 from gradaudit.inputs import make_inputs, to_device
+from gradaudit.losscall import LossCall
+from gradaudit.model import Finding
 
 if TYPE_CHECKING:
-    from gradaudit.audit import CaseAudit
     from gradaudit.config import InputSpec
 
 EPS = 1e-6  # torch.autograd.gradcheck's defaults
@@ -57,21 +58,24 @@ def _elements(specs: list[InputSpec]) -> int:
 class _Check:
     """One gradcheck of one case on one device."""
 
-    def __init__(self, audit: CaseAudit) -> None:
-        self.audit = audit
-        self.spec = audit.spec
-        self.device = audit.device
-        self.fn = self.cpu_fn = audit.fn
-        if audit.module is not None:  # parameters are held fixed, in float64
-            self.fn = copy.deepcopy(audit.module).double()
-            self.cpu_fn = copy.deepcopy(self.fn).cpu()
+    def __init__(self, call: LossCall) -> None:
+        self.spec = call.spec
+        self.device = call.device
+        self.root = call.root
+        # Every call of the loss goes through the case's LossCall (its seeding, its warnings), here
+        # without autocast and, for a module, on a float64 copy whose parameters are held fixed.
+        fn = cpu_fn = call.fn
+        if call.module is not None:
+            fn = copy.deepcopy(call.module).double()
+            cpu_fn = copy.deepcopy(fn).cpu()
+        self.call = call.replace(fn=fn, autocast=None, draw_name=f"{self.spec.name}#gradcheck")
+        self.cpu_call = self.call.replace(fn=cpu_fn, device=torch.device("cpu"), device_name="cpu")
         self.budget = self.spec.gradcheck_elements
 
     # -- inputs -------------------------------------------------------------------------------
     def _draw(self, specs: list[InputSpec], attempt: int,
               device: torch.device | None = None) -> dict[str, torch.Tensor]:
-        cpu = make_inputs(specs, self.spec.seed, f"{self.spec.name}#gradcheck", attempt,
-                          self.audit.ctx.root)
+        cpu = make_inputs(specs, self.spec.seed, f"{self.spec.name}#gradcheck", attempt, self.root)
         if attempt:
             gen = torch.Generator().manual_seed(attempt)
             for spec in specs:
@@ -83,8 +87,8 @@ class _Check:
                     cpu[spec.name] = t + JITTER * size * sign * (1 + t.abs())
         return to_device(cpu, specs, device or self.device)
 
-    def _loss(self, inputs: dict[str, torch.Tensor], fn: Any = None) -> torch.Tensor:
-        out, _ = pick_loss((fn or self.fn)(*inputs.values(), **self.spec.kwargs))
+    def _loss(self, inputs: dict[str, torch.Tensor], attempt: int, call: LossCall | None = None) -> torch.Tensor:
+        out = (call or self.call).invoke(inputs, attempt)
         if not isinstance(out, torch.Tensor):
             raise _Skip(f"the loss returned {type(out).__name__}")
         return out.sum() if out.dim() else out
@@ -97,7 +101,7 @@ class _Check:
         """
         try:
             with torch.no_grad():
-                loss = self._loss(self._draw(specs, 0, torch.device("cpu")), self.cpu_fn)
+                loss = self._loss(self._draw(specs, 0, torch.device("cpu")), 0, self.cpu_call)
             return bool(torch.isfinite(loss).all())
         except Exception:  # noqa: BLE001 - a size the loss cannot take is simply not used
             return False
@@ -137,7 +141,7 @@ class _Check:
                 out[s.name] = torch.randperm(n, generator=gen)[:share].sort().values
         return out
 
-    def _function(self, inputs: dict[str, torch.Tensor], subsets: dict[str, torch.Tensor]):
+    def _function(self, inputs: dict[str, torch.Tensor], subsets: dict[str, torch.Tensor], attempt: int):
         base = {k: v.detach() for k, v in inputs.items()}
 
         def f(*values: torch.Tensor) -> torch.Tensor:
@@ -145,7 +149,7 @@ class _Check:
             for (name, idx), value in zip(subsets.items(), values, strict=True):
                 flat = base[name].flatten().index_put((idx.to(self.device),), value)
                 args[name] = flat.view(base[name].shape)
-            return self._loss(args)
+            return self._loss(args, attempt)
 
         starts = [base[name].flatten()[idx.to(self.device)].clone().requires_grad_(True)
                   for name, idx in subsets.items()]
@@ -155,7 +159,7 @@ class _Check:
         """One draw: None when gradcheck passes, else the worst element's facts."""
         inputs = self._draw(specs, attempt)
         subsets = self._subsets(specs, attempt)
-        f, starts = self._function(inputs, subsets)
+        f, starts = self._function(inputs, subsets, attempt)
         probe = f(*starts)
         if probe.dtype != torch.float64:
             raise _Skip(f"the loss computes in {str(probe.dtype).removeprefix('torch.')} even on "
@@ -200,22 +204,18 @@ class _Check:
         worst["graph"] = _custom_functions(probe)
         return worst
 
-    def run(self) -> None:
-        result = self.audit.result
+    def run(self) -> tuple[dict[str, Any], Finding | None]:
+        """What gradcheck did (for `CaseResult.gradcheck`), and its gradcheck-mismatch if any."""
         if self.device.type == "mps":
-            result.gradcheck = {"skipped": "mps has no float64"}
-            return
+            return {"skipped": "mps has no float64"}, None
         if any(s.requires_grad and "complex" in s.dtype for s in self.spec.inputs):
-            result.gradcheck = {"skipped": "complex inputs are not checked"}
-            return
+            return {"skipped": "complex inputs are not checked"}, None
         if not any(s.requires_grad for s in self.spec.inputs):
-            result.gradcheck = {"skipped": "no input requires grad (module parameters are held fixed)"}
-            return
+            return {"skipped": "no input requires grad (module parameters are held fixed)"}, None
         try:
             dims, specs = self.shrink()
         except _Skip as exc:
-            result.gradcheck = {"skipped": str(exc)}
-            return
+            return {"skipped": str(exc)}, None
         info: dict[str, Any] = {"dims": dims, "elements": _elements(specs), "budget": self.budget}
         if dims != self.spec.dims:
             info["shrunk_from"] = dict(self.spec.dims)
@@ -226,21 +226,17 @@ class _Check:
             try:
                 worst = self.attempt(specs, attempt)
             except _Skip as exc:
-                result.gradcheck = {**info, "skipped": str(exc)}
-                return
+                return {**info, "skipped": str(exc)}, None
             except Exception as exc:  # noqa: BLE001 - the loss failing in float64 is no gradient defect
-                result.gradcheck = {**info, "skipped": f"the loss raised {type(exc).__name__} in "
-                                    f"float64: {str(exc).strip().splitlines()[0] if str(exc) else ''}"}
-                return
+                return {**info, "skipped": f"the loss raised {type(exc).__name__} in "
+                        f"float64: {str(exc).strip().splitlines()[0] if str(exc) else ''}"}, None
             info["draws"] = attempt + 1
             if worst is None:
                 break
         info["passed"] = worst is None
-        result.gradcheck = info
-        if worst is not None:
-            self._report(worst, info)
+        return info, self._report(worst, info) if worst is not None else None
 
-    def _report(self, worst: dict[str, Any], info: dict[str, Any]) -> None:
+    def _report(self, worst: dict[str, Any], info: dict[str, Any]) -> Finding:
         on = ", ".join(f"{d}={v}" for d, v in info["dims"].items())
         if "shrunk_from" in info:
             before = ", ".join(f"{d}={v}" for d, v in info["shrunk_from"].items()
@@ -258,11 +254,11 @@ class _Check:
         functions = worst["graph"]
         if functions:
             text += f"; custom autograd.Function in the graph: {', '.join(n for n, _ in functions)}"
-        location = location_from([functions[0][1]], self.audit.ctx.root) if functions else None
+        location = location_from([functions[0][1]], self.root) if functions else None
         detail = {k: worst[k] for k in ("input", "index", "analytic", "numerical", "mismatches")
                   if k in worst}
-        self.audit._add("gradcheck-mismatch", text, input=worst.get("input"), location=location,
-                        detail=detail)
+        return Finding(id="gradcheck-mismatch", severity=default_severity("gradcheck-mismatch"), message=text,
+                       input=worst.get("input"), location=location, detail=detail)
 
 
 def _custom_functions(loss: torch.Tensor) -> list[tuple[str, tuple[str, int, str]]]:
@@ -292,6 +288,7 @@ def _custom_functions(loss: torch.Tensor) -> list[tuple[str, tuple[str, int, str
     return found
 
 
-def check_gradients(audit: CaseAudit) -> None:
-    """Run gradcheck for an audited case; add gradcheck-mismatch and fill `result.gradcheck`."""
-    _Check(audit).run()
+def check_gradients(call: LossCall) -> tuple[dict[str, Any], Finding | None]:
+    """Run gradcheck for a case's loss: what it did (`CaseResult.gradcheck`) and its
+    gradcheck-mismatch finding, or None."""
+    return _Check(call).run()

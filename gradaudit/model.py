@@ -312,7 +312,6 @@ class RunResults:
     def bad(self) -> list[CaseResult]:
         return [r for r in self.results if r.is_bad]
 
-    # -- conveniences of the Python API (gradaudit.audit returns a RunResults) ---------------
     @property
     def ok(self) -> bool:
         """Whether nothing failed (passes, warnings, skips and expected failures are ok)."""
@@ -322,38 +321,6 @@ class RunResults:
     def findings(self) -> list[Finding]:
         """Every finding of every result, in result order."""
         return [f for r in self.results for f in r.findings]
-
-    def to_json(self) -> str:
-        """The results.json text of this run."""
-        import io
-
-        from gradaudit.jsonreport import write_json
-
-        stream = io.StringIO()
-        write_json(self, stream)
-        return stream.getvalue()
-
-    def __repr__(self) -> str:
-        from gradaudit.terminal import plain_summary
-
-        return plain_summary(self)
-
-    def _repr_html_(self) -> str:
-        from gradaudit.notebook import results_html
-
-        return results_html(self)
-
-    def raise_for_findings(self, fail_on: str = "fail") -> None:
-        """Raise AssertionError, worded like the terminal summary, if a result failed.
-
-        With fail_on="warn", warnings fail too (as `gradaudit run --fail-on warn`).
-        """
-        from gradaudit.terminal import plain_summary
-
-        __tracebackhide__ = True  # pytest: show the test's line, not this one
-        failing = [r for r in self.results if r.is_bad or (fail_on == "warn" and r.status == "warn")]
-        if failing:
-            raise AssertionError(plain_summary(self, only=failing))
 
     def to_dict(self) -> dict[str, Any]:
         data = {

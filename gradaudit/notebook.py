@@ -1,4 +1,4 @@
-"""HTML for notebooks (`RunResults._repr_html_`): the run's HTML report, in a frame of its own.
+"""HTML for notebooks (`AuditResults._repr_html_`): the run's HTML report, in a frame of its own.
 
 The frame holds exactly the page `gradaudit run` writes, cards and all; a frame keeps the report's
 stylesheet and script from touching the notebook around it.

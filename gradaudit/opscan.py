@@ -1,4 +1,4 @@
-"""Re-run a loss's forward under a TorchFunctionMode to find one op and the user line that called it.
+"""Scan a loss's forward under a TorchFunctionMode to find one op and the user line that called it.
 
 Two questions are answered this way, each on a draw that already failed, so the scan costs
 nothing on healthy cases: which op first made an Inf or NaN out of finite values (a float16
@@ -79,12 +79,15 @@ def _on(t: torch.Tensor, device: torch.device) -> bool:
 
 
 class _Scan(TorchFunctionMode):
-    def __init__(self, test: Callable[[Any, list[torch.Tensor], list[torch.Tensor]], OpHit | None],
-                 limit: int) -> None:
+    """A function mode that runs every torch call and keeps the first `limit` hits of `test`."""
+
+    def __init__(self, limit: int) -> None:
         super().__init__()
-        self.test = test
         self.hits: list[OpHit] = []
         self.limit = limit
+
+    def test(self, func: Any, inputs: list[torch.Tensor], outputs: list[torch.Tensor]) -> OpHit | None:
+        raise NotImplementedError
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
@@ -98,6 +101,46 @@ class _Scan(TorchFunctionMode):
         return out
 
 
+class NonfiniteScan(_Scan):
+    """Finds the first op that made NaN/Inf from finite inputs."""
+
+    def __init__(self, root: Path | None) -> None:
+        super().__init__(1)
+        self.root = root
+
+    def test(self, func, inputs, outputs):
+        if any(_nonfinite(t) for t in inputs):
+            return None
+        for out in outputs:
+            what = _nonfinite(out)
+            if what:
+                count = int((~torch.isfinite(out.detach())).sum())
+                return OpHit(op_name(func), str(out.dtype).removeprefix("torch."), str(out.device),
+                             _here(self.root), what, count, out.numel())
+        return None
+
+
+class StrayScan(_Scan):
+    """Finds the ops that made a tensor off `device` from nothing on another device.
+
+    Later ops on such a stray tensor stay off the device too; only the op that started it counts.
+    """
+
+    def __init__(self, device: torch.device, root: Path | None, limit: int = 5) -> None:
+        super().__init__(limit)
+        self.device = device
+        self.root = root
+
+    def test(self, func, inputs, outputs):
+        if any(not _on(t, self.device) for t in inputs):
+            return None
+        for out in outputs:
+            if not _on(out, self.device) and out.dim() > 0:  # 0-dim CPU tensors mix with any device
+                return OpHit(op_name(func), str(out.dtype).removeprefix("torch."), str(out.device),
+                             _here(self.root))
+        return None
+
+
 def _run(call: Callable[[], Any], scan: _Scan) -> list[OpHit]:
     with torch.enable_grad(), scan:
         try:
@@ -109,34 +152,11 @@ def _run(call: Callable[[], Any], scan: _Scan) -> list[OpHit]:
 
 def first_nonfinite(call: Callable[[], Any], root: Path | None) -> OpHit | None:
     """Run `call` (a forward) and return the first op that made NaN/Inf from finite inputs."""
-    def test(func, inputs, outputs):
-        if any(_nonfinite(t) for t in inputs):
-            return None
-        for out in outputs:
-            what = _nonfinite(out)
-            if what:
-                count = int((~torch.isfinite(out.detach())).sum())
-                return OpHit(op_name(func), str(out.dtype).removeprefix("torch."), str(out.device),
-                             _here(root), what, count, out.numel())
-        return None
-
-    hits = _run(call, _Scan(test, 1))
+    hits = _run(call, NonfiniteScan(root))
     return hits[0] if hits else None
 
 
 def stray_tensors(call: Callable[[], Any], device: torch.device, root: Path | None,
                   limit: int = 5) -> list[OpHit]:
-    """Run `call` and return the ops that made a tensor off `device` from nothing on another device.
-
-    Later ops on such a stray tensor stay off the device too; only the op that started it counts.
-    """
-    def test(func, inputs, outputs):
-        if any(not _on(t, device) for t in inputs):
-            return None
-        for out in outputs:
-            if not _on(out, device) and out.dim() > 0:  # 0-dim CPU tensors mix with any device
-                return OpHit(op_name(func), str(out.dtype).removeprefix("torch."), str(out.device),
-                             _here(root))
-        return None
-
-    return _run(call, _Scan(test, limit))
+    """Run `call` and return the ops that made a tensor off `device` from nothing on another device."""
+    return _run(call, StrayScan(device, root, limit))

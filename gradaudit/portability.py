@@ -13,7 +13,6 @@ call is fine. The tracer (gradaudit.tracing) feeds these rules; the findings are
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -118,15 +117,16 @@ def unmoved_attributes(module: torch.nn.Module) -> list[Attribute]:
     return found
 
 
-def attribute_finding(attr: Attribute, met: bool | None, loc: Location | None, code: str) -> Finding | None:
+def attribute_finding(name: str, attr: str, device: str, met: bool | None, loc: Location | None,
+                      code: str) -> Finding | None:
     """The warning for a plain attribute that forward used with the inputs (`met`); None where it
     did not; an info where the check could not run (`met` None)."""
     if met is False:
         return None
     where = f" at {loc.where}" if loc else ""
-    head = f"{code}{where} keeps the tensor `{attr.name}` as a plain attribute"
-    fix = f"use self.register_buffer({attr.attr!r}, ...)"
-    detail = {"op": "attribute", "attribute": attr.name, "device": str(attr.tensor.device)}
+    head = f"{code}{where} keeps the tensor `{name}` as a plain attribute"
+    fix = f"use self.register_buffer({attr!r}, ...)"
+    detail = {"op": "attribute", "attribute": name, "device": device}
     if met is None:
         return Finding(id="device-portability", severity="info", location=loc, detail=detail,
                        message=f"{head}, which module.to(device) does not move; gradaudit could not check "
@@ -136,14 +136,3 @@ def attribute_finding(attr: Attribute, met: bool | None, loc: Location | None, c
                            "move it, so once the loss is moved to another device it meets the inputs on the "
                            f"old one; {fix} (to confirm: call the loss, move it with .to(<another device>), "
                            "call it again on inputs there)")
-
-
-def attributes_met(attrs: list[Attribute], run: Callable[[dict[int, torch.Tensor]], Any]) -> list[bool] | None:
-    """Which attributes meet input-derived tensors when `run(sources)` traces a call with them as
-    fixed-device sources; None where the call failed. `run` returns the `met` flag per source id."""
-    sources = {i: a.tensor for i, a in enumerate(attrs)}
-    try:
-        met = run(sources)
-    except Exception:  # noqa: BLE001 - a witness that fails decides nothing
-        return None
-    return [bool(met.get(i)) for i in range(len(attrs))]

@@ -8,7 +8,6 @@ import faulthandler
 import fnmatch
 import io
 import os
-import shlex
 import signal
 import sys
 import threading
@@ -18,9 +17,10 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from gradaudit import __version__
-from gradaudit.config import CaseSpec, Config
+from gradaudit._version import __version__
+from gradaudit.config import CaseSpec, Config, check_device_names
 from gradaudit.errors import UsageError
+from gradaudit.jobs import audit_context, skipped
 from gradaudit.model import CaseResult, RunResults
 
 
@@ -54,6 +54,7 @@ class Job:
 
 def select_jobs(config: Config, options: RunOptions) -> list[Job]:
     """Expand the config into case x device jobs, in config order, applying the options."""
+    check_device_names(options.devices)
     specs = config.cases
     if options.case_globs:
         specs = [s for s in specs if any(fnmatch.fnmatchcase(s.name, g) or fnmatch.fnmatchcase(s.base_name, g)
@@ -77,27 +78,6 @@ def select_jobs(config: Config, options: RunOptions) -> list[Job]:
         for device in options.devices or spec.devices:
             jobs.append(Job(spec, device))
     return jobs
-
-
-def skipped(spec: CaseSpec, device: str, reason: str, config_display: str) -> CaseResult:
-    """A result for a job that was not audited, and why."""
-    return CaseResult(case=spec.name, device=device, status="skip", seed=spec.seed,
-                      loss_ref=spec.loss, group=spec.loss.rpartition(":")[0],
-                      skip_reason=reason, summary_line=reason,
-                      reproduce=f"gradaudit run {shlex.quote(config_display)} --case "
-                                f"{shlex.quote(spec.name)} --device {device}")
-
-
-def audit_context(root: Path, config_display: str):
-    """Build the AuditContext a run's jobs share.
-
-    The one place it is built: in this process with --no-isolate, once in each worker otherwise, so
-    observers added here reach every worker.
-    """
-    from gradaudit.audit import AuditContext
-    from gradaudit.tracing import default_observers
-
-    return AuditContext(root=root, config_display=config_display, observers=default_observers())
 
 
 def run_in_process(config: Config, jobs: list[Job],

@@ -77,6 +77,8 @@ INPUT_KEYS = [
     Key("requires_grad", "bool", "Default: true for floating dtypes, false otherwise.",
         default=None),
     Key("init", "str", "How values are drawn; see the init table.", default=None),
+    Key("leaf", "bool", "The loss receives the leaf tensor itself. Default: a differentiable input "
+        "reaches the loss as a non-leaf copy of its leaf, as a model output would.", default=False),
 ]
 
 EXPECT_KEYS = [

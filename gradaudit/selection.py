@@ -12,10 +12,8 @@ reaches them (where one does, the dead elements reach the loss and their gradien
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -59,7 +57,9 @@ def _user_frames() -> list[tuple[str, int, str]] | None:
     return frames or None
 
 
-class _Recorder(TorchFunctionMode):
+class Recorder(TorchFunctionMode):
+    """Record each selecting op whose input carries a gradient, by user line."""
+
     def __init__(self) -> None:
         super().__init__()
         self.lines: dict[tuple[str, int, str], Selection] = {}
@@ -90,17 +90,13 @@ def _reach(tensors: list[torch.Tensor], leaf: torch.Tensor) -> torch.Tensor | No
     return None if grad is None else (grad != 0).cpu()
 
 
-def selections_dropping(run: Callable[[], Any], leaves: dict[str, torch.Tensor],
-                        dead: dict[str, torch.Tensor]) -> dict[str, list[Selection]]:
-    """Run `run()` (one draw's forward) and return, per audited name, the selecting ops that drop
-    exactly its `dead` elements (a bool mask of its shape): their input reaches some, their output
-    none, and the loss depends on their output."""
-    recorder = _Recorder()
-    with torch.random.fork_rng(devices=[]), recorder:
-        loss = run()
-    if not isinstance(loss, torch.Tensor) or loss.grad_fn is None:
-        return {}
-    loss = loss.sum() if loss.dim() else loss
+def dropping(recorder: Recorder, loss: torch.Tensor, leaves: dict[str, torch.Tensor],
+             dead: dict[str, torch.Tensor],
+             received: dict[str, torch.Tensor] | None = None) -> dict[str, list[Selection]]:
+    """The selecting ops that `recorder` saw in the forward of `loss` that drop exactly the `dead`
+    elements (a bool mask per audited name): their input reaches some, their output none, the
+    loss depends on their output, and no other selection the loss uses reaches them. Runs before
+    the loss's backward (it keeps the graph)."""
     found: dict[str, list[Selection]] = {}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(0)
@@ -116,12 +112,13 @@ def selections_dropping(run: Callable[[], Any], leaves: dict[str, torch.Tensor],
                 out = _reach(sel.outputs, leaf)
                 if out is None or not out.any():
                     continue
-                if (out & mask).any():
+                if (out & mask.to(out.device)).any():
                     elsewhere = True  # the dead part reaches the loss another way: their gradients cancel
                     break
                 into = _reach(sel.inputs, leaf)
-                if into is not None and (into & mask).any():
-                    if any(t is leaf for t in sel.inputs):
+                if into is not None and (into & mask.to(into.device)).any():
+                    given = (received or {}).get(name)  # what the loss received: the leaf or its copy
+                    if any(t is leaf or t is given for t in sel.inputs):
                         sel.direct.add(name)
                     culprits.append(sel)
             if culprits and not elsewhere:

@@ -69,9 +69,9 @@ class WorkerSetup:
 
 def audit_job(spec: CaseSpec, device: str, ctx: Any) -> CaseResult:
     """Audit one job: skip an unavailable device, apply the memory guard, name a loss that exits."""
-    from gradaudit.audit import audit_case
+    from gradaudit.caseaudit import audit_case
     from gradaudit.devices import current
-    from gradaudit.runner import skipped
+    from gradaudit.jobs import skipped
 
     reason = current().skip_reason(device)
     if reason:
@@ -166,7 +166,7 @@ def _mapped_bytes() -> int:
 def lost(spec: CaseSpec, device: str, config_display: str, duration: float, error: ErrorInfo,
          status: str = "crash", root: Path | None = None, summary: str = "") -> CaseResult:
     """A result for a job whose worker died or was killed: what happened, and where if known."""
-    from gradaudit.runner import skipped
+    from gradaudit.jobs import skipped
 
     result = skipped(spec, device, "", config_display)
     result.status = status
@@ -232,8 +232,8 @@ def _worker_main(conn, setup: WorkerSetup, log_path: str, describe: bool = False
     torch.set_num_threads(max(1, setup.threads))
     from gradaudit.devices import needs_fresh_process
     from gradaudit.environment import describe as environment
+    from gradaudit.jobs import audit_context
     from gradaudit.loading import add_import_roots
-    from gradaudit.runner import audit_context
 
     add_import_roots(setup.root, setup.sys_path)
     ctx = audit_context(setup.root, setup.config_display)

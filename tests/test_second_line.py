@@ -43,16 +43,17 @@ def test_terminal_shows_the_second_line_under_the_location():
     assert lines[2] == "  saved for backward at losses/seed.py:42: probs = torch.sigmoid(x)"
 
 
-def test_markdown_shows_the_second_line_under_the_head():
+def test_markdown_shows_the_second_line_under_the_culprit():
     stream = io.StringIO()
     write_markdown(_run(), stream)
-    text = stream.getvalue()
-    head = next(i for i, line in enumerate(text.splitlines()) if "inplace-version-conflict at" in line)
-    lines = text.splitlines()
-    assert "`losses/seed.py:43`" in lines[head]
-    assert lines[head + 2] == "saved for backward at `losses/seed.py:42`: `probs = torch.sigmoid(x)`"
+    lines = stream.getvalue().splitlines()
+    assert "saved for backward at `losses/seed.py:42`: `probs = torch.sigmoid(x)`" in lines
+    head = next(i for i, line in enumerate(lines) if "inplace-version-conflict" in line and "seed.py:43" in line)
+    assert head < lines.index("saved for backward at `losses/seed.py:42`: `probs = torch.sigmoid(x)`")
 
 
-def test_html_shows_the_second_line():
+def test_html_carries_the_second_line_and_shows_it():
     page = render_html(_run())
-    assert 'class="where second">saved for backward at losses/seed.py:42 in loss: probs = torch.sigmoid(x)</p>' in page
+    assert '"second": "saved for backward at losses/seed.py:42 in loss: probs = torch.sigmoid(x)"' in page \
+        or '"second":"saved for backward at losses/seed.py:42 in loss: probs = torch.sigmoid(x)"' in page
+    assert 'el("p", "where second", f.second)' in page  # the page's script shows it under the location

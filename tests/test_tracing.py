@@ -3,9 +3,12 @@ that fail, and which draws are traced."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
+from gradaudit.losscall import DrawInputs
 from gradaudit.tracing import TRACED_DRAWS, TraceObserver, Tracer
 
 
@@ -40,30 +43,35 @@ def test_the_tracer_hooks_keep_the_version_check_and_name_the_mutation():
     assert conflict.modified_by.frames[-1][2] == "_sigmoid_then_mul_"
 
 
+def _inputs(x: torch.Tensor) -> DrawInputs:
+    return DrawInputs(received={"x": x}, leaves={"x": x})
+
+
 def test_only_the_first_draws_are_traced():
     observer = TraceObserver()
     x = torch.randn(3, requires_grad=True)
-    with observer.draw_context(0, {"x": x}):
+    with observer.draw_context(0, _inputs(x)):
         x.detach()
     assert observer.tracing
-    with observer.draw_context(TRACED_DRAWS, {"x": x}) as traced:
+    with observer.draw_context(TRACED_DRAWS, _inputs(x)) as traced:
         assert traced is None
     assert not observer.tracing
 
 
-def test_an_explanation_that_fails_keeps_the_verdicts():
-    class Broken:
-        findings: list = []
-        params: dict = {}
-        result = type("R", (), {"warnings": []})()
+def test_an_explanation_that_fails_keeps_the_verdicts(monkeypatch):
+    from gradaudit import explain
+    from gradaudit.api import Spec, prepare
+    from gradaudit.caseaudit import AuditContext, audit_case
 
-        @property
-        def ctx(self):
-            raise ValueError("boom")
+    def boom(*args):
+        raise ValueError("boom")
 
-    audit = Broken()
-    TraceObserver().explain(audit)
-    assert audit.result.warnings == ["gradaudit could not trace this case: ValueError: boom"]
+    monkeypatch.setattr(explain, "explain_trace", boom)
+    spec = prepare(lambda x, y: (x.detach() * y).sum(), {"x": Spec(shape=(3,)), "y": Spec(shape=(3,))},
+                   name="cut", devices=["cpu"])[0]
+    result = audit_case(spec, "cpu", AuditContext(root=Path.cwd(), observers=[TraceObserver()]))
+    assert [f.id for f in result.findings] == ["input-disconnected"]
+    assert result.warnings == ["gradaudit could not trace this case: ValueError: boom"]
 
 
 def test_the_normal_path_leaves_the_version_check_to_torch():
@@ -71,5 +79,5 @@ def test_the_normal_path_leaves_the_version_check_to_torch():
     x = torch.randn(5, requires_grad=True)
     observer = TraceObserver()
     with pytest.raises(RuntimeError, match=r"which is output 0 of Sigmoid"):
-        with observer.draw_context(0, {"x": x}):
+        with observer.draw_context(0, _inputs(x)):
             _sigmoid_then_mul_(x).backward()

@@ -1,0 +1,138 @@
+"""The loss call: inputs as training gives them (non-leaf, unless `leaf: true`), and one seeded way
+to call the loss, so re-runs see their draw's random numbers and the caller's state is kept."""
+
+from __future__ import annotations
+
+import random
+import textwrap
+from pathlib import Path
+
+import numpy
+import pytest
+import torch
+
+import gradaudit
+from gradaudit.api import Spec, prepare
+from gradaudit.devices import current
+from gradaudit.losscall import load_loss
+from tests.conftest import LOSSES, by_case, finding_ids
+from tests.losses import training_inputs
+from tests.test_corpus import marker_line
+
+INPLACE = """
+    cases:
+      - name: clamp
+        loss: training_inputs:clamp_inplace
+        inputs:
+          pred: {shape: [8, 4], init: uniform, low: 0.05, high: 1.0}
+          target: {shape: [8, 4], requires_grad: false}
+      - name: temperature
+        loss: training_inputs:temperature_inplace
+        inputs:
+          logits: {shape: [8, 4]}
+          target: {shape: [8], init: randint, high: 4}
+      - name: clamp_leaf
+        loss: training_inputs:clamp_inplace
+        inputs:
+          pred: {shape: [8, 4], init: uniform, low: 0.05, high: 1.0, leaf: true}
+          target: {shape: [8, 4], requires_grad: false}
+      - name: saved
+        loss: training_inputs:inplace_on_saved_input
+        inputs: {x: {shape: [8, 4]}}
+"""
+
+
+@pytest.fixture(scope="module")
+def inplace_results(tmp_path_factory):
+    from typer.testing import CliRunner
+
+    from gradaudit.cli import app
+
+    folder = tmp_path_factory.mktemp("inplace")
+    config = folder / "c.yaml"
+    config.write_text(f"version: 1\nsys_path: [{LOSSES}]\n" + textwrap.dedent(INPLACE))
+    CliRunner().invoke(app, ["run", str(config), "-o", str(folder / "out"), "--device", "cpu"])
+    import json
+
+    return by_case(json.loads((folder / "out" / "results.json").read_text()))
+
+
+@pytest.mark.parametrize("case", ["clamp", "temperature"])
+def test_in_place_ops_on_an_input_pass_as_behind_a_model(inplace_results, case):
+    r = inplace_results[case]
+    assert r["status"] == "pass", r["findings"]
+    assert {i["name"]: i["grad"] for i in r["inputs"]}[{"clamp": "pred", "temperature": "logits"}[case]] == "ok"
+
+
+def test_leaf_true_passes_the_leaf_itself(inplace_results):
+    """The twin: a loss that really receives a leaf may not change it in place, and says so."""
+    r = inplace_results["clamp_leaf"]
+    assert finding_ids(r) == ["loss-error"]
+    assert "leaf Variable that requires grad" in r["findings"][0]["message"]
+
+
+def test_a_saved_input_changed_in_place_still_conflicts(inplace_results):
+    first = inplace_results["saved"]["findings"][0]
+    assert first["id"] == "inplace-version-conflict"
+    assert first["location"]["line"] == marker_line("training_inputs", "CULPRIT", "inplace_on_saved_input")
+    changed = first["detail"]["modified_by"]["location"]
+    assert changed["line"] == marker_line("training_inputs", "MUTATES", "inplace_on_saved_input")
+
+
+def _call(loss, **spec):
+    case = prepare(loss, {"x": Spec(shape=(3, 2), **spec)}, devices=["cpu"])[0]
+    return load_loss(case, "cpu", Path.cwd(), current())
+
+
+@pytest.mark.parametrize("leaf", [False, True])
+def test_the_gradient_is_read_from_the_leaf_the_audit_owns(leaf):
+    out = _call(lambda x: (x**2).sum(), leaf=leaf).run(0, grads=True)
+    x = out.inputs.leaves["x"]
+    assert x.is_leaf and out.inputs.received["x"].is_leaf is leaf
+    assert torch.equal(out.grads["x"], 2 * x.detach())
+
+
+def test_the_tracer_knows_the_input_behind_the_copy():
+    result = gradaudit.audit(lambda x: (x.detach() ** 2).sum() + x.sum() * 0, {"x": Spec(shape=(3,))},
+                             name="cut", devices=["cpu"])
+    brk = next(f for f in result.findings if f.id == "graph-break")
+    assert brk.input == "x" and brk.detail["inputs"] == ["x"] and brk.severity == "fail"
+
+
+def _state() -> tuple:
+    return torch.rand(3), random.random(), float(numpy.random.rand())
+
+
+@pytest.mark.parametrize("loss", [training_inputs.noisy_conflict, training_inputs.noisy_detached,
+                                  training_inputs.noisy_passing])
+def test_an_audit_leaves_the_callers_random_state(loss):
+    for seed in (3, 4):
+        torch.manual_seed(seed), random.seed(seed), numpy.random.seed(seed)
+        expected = _state()
+        torch.manual_seed(seed), random.seed(seed), numpy.random.seed(seed)
+        result = gradaudit.audit(loss, {"x": Spec(shape=(4,))}, devices=["cpu"])
+        assert result.ok == (loss is training_inputs.noisy_passing)
+        got = _state()
+        assert torch.equal(got[0], expected[0]) and got[1:] == expected[1:]
+
+
+def test_re_runs_see_the_random_numbers_of_their_draw():
+    """The backward fails in draw 0; anomaly mode and the version hooks re-run draw 0."""
+    training_inputs.CALLS.clear()
+    result = gradaudit.audit(training_inputs.noisy_conflict, {"x": Spec(shape=(4,))}, devices=["cpu"])
+    first = result.findings[0]
+    assert first.id == "inplace-version-conflict" and "modified_by" in first.detail  # the witnesses ran
+    assert len(training_inputs.CALLS) == 3  # the draw, anomaly mode, the version hooks
+    assert len(set(training_inputs.CALLS)) == 1
+
+
+def test_each_draw_has_its_own_numbers_and_every_run_the_same():
+    def run() -> list:
+        training_inputs.CALLS.clear()
+        gradaudit.audit(training_inputs.noisy_passing, {"x": Spec(shape=(4,))}, devices=["cpu"], repeats=3)
+        return list(training_inputs.CALLS)
+
+    first = run()
+    assert len(first) == 3 and len(set(first)) == 3
+    random.random(), numpy.random.rand(), torch.rand(1)  # the caller's streams move on
+    assert run() == first
