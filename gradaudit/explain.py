@@ -31,7 +31,7 @@ from gradaudit.shapes import describe_dead
 from gradaudit.tracing import BREAK_RANK, Conflict, Record, Tracer
 from gradaudit.tracks import Track
 from gradaudit.witnesses import AnomalyRecord, AttributeUse, NoneGrad, NonfiniteNode, SelectionRecord
-from gradaudit.wording import never_receives, no_grad_hint, zero_incoming_hint
+from gradaudit.wording import never_receives, no_grad_hint, quote, zero_incoming_hint
 
 VERSION_ERROR = "modified by an inplace operation"
 
@@ -61,14 +61,7 @@ def user_location_of(exc: BaseException, root: Path) -> Location | None:
     return location_from(frames, root)
 
 
-def _quote(loc: Location | None, fallback: str) -> str:
-    """The culprit's source line in backticks, without a trailing comment; else the op's name."""
-    if loc is None or not loc.code:
-        return f"`{fallback}`"
-    return f"`{_TRAILING_COMMENT.sub('', loc.code)}`"
-
-
-_TRAILING_COMMENT = re.compile(r"\s+#[^'\"]*$")
+_quote = quote  # the culprit's source line in backticks (gradaudit.wording.quote)
 
 
 # -- what the loss returned, and how a draw failed ------------------------------------------

@@ -15,12 +15,7 @@ from gradaudit.frames import location_from
 from gradaudit.model import Finding
 from gradaudit.portability import attribute_finding
 from gradaudit.saturation import saturation_finding
-
-
-def _quote(loc: Any, fallback: str) -> str:
-    from gradaudit.explain import _quote as quote
-
-    return quote(loc, fallback)
+from gradaudit.wording import quote as _quote
 
 
 def replaced_loss(ex: Any) -> None:

@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 import re
+from typing import Any
+
+_TRAILING_COMMENT = re.compile(r"\s+#[^'\"]*$")
+
+
+def quote(loc: Any, fallback: str) -> str:
+    """The culprit's source line (a model Location's code) in backticks, without a trailing comment;
+    else the op's name."""
+    if loc is None or not loc.code:
+        return f"`{fallback}`"
+    return f"`{_TRAILING_COMMENT.sub('', loc.code)}`"
 
 # "elements 0-2 of x", "columns 1, 3 of x", "indices 0-1 along dim 1 of x", "12 scattered elements of x"
 _PLURAL = re.compile(r"^(\d+ scattered )?(elements|columns|rows|indices)\b")
