@@ -36,6 +36,7 @@ from gradaudit.loading import group_of
 from gradaudit.losscall import DrawOutcome, LoadError, LossCall, load_loss
 from gradaudit.model import CaseResult, ErrorInfo, Finding, status_of
 from gradaudit.parity import compare_draw, tolerances
+from gradaudit.portability import unmoved_attributes
 from gradaudit.tracks import FIXED_INITS, StopRule
 
 _T = TypeVar("_T")
@@ -312,6 +313,7 @@ class CaseAudit:
                   if f.id == "partial-grad" and f.input in record.tracks},
             conflict=self._witness(witnesses.version_conflict, call, failing_draw)
             if "inplace-version-conflict" in ids else None)
+        self._where_facts(facts, findings)
         for obs in self.ctx.observers:
             take = getattr(obs, "take", None)
             if take is None:
@@ -329,6 +331,26 @@ class CaseAudit:
             op = self._witness(witnesses.nonfinite_op, call, record.loss.nonfinite_draw)
         return explain.explain_nonfinite(findings, record.tracks, node, op, self._low_precision(),
                                          bool(self.autocast))
+
+    def _where_facts(self, facts: explain.TraceFacts, findings: list[Finding]) -> None:
+        """The witnesses of issue 11 (a Function's backward returning None, the op that selected the
+        live part, plain module attributes) and the gradients' zero counts, into `facts`."""
+        record, call = self.record, self.call
+        if call is None or not record.draws:
+            return
+        ids = {f.id for f in findings}
+        if ids & {"input-disconnected", "zero-grad"}:
+            facts.none_grads = self._witness(witnesses.none_grads, call, 0) or []
+        if facts.dead:
+            facts.selections = self._witness(witnesses.selections, call, 0, facts.dead) or {}
+        if call.module is not None:
+            facts.unmoved = unmoved_attributes(call.module)
+            if facts.unmoved:
+                facts.attributes = self._witness(witnesses.attribute_uses, call, 0, facts.unmoved)
+        for name, track in record.tracks.items():
+            if track.requires_grad and track.alive_counts is not None and track.draws:
+                total = track.alive_counts.numel() * track.draws
+                facts.zeros[name] = (total - int(track.alive_counts.sum()), total, track.draws)
 
     def finish(self) -> CaseResult:
         """Turn the draws into input verdicts, findings and a status, applying `expect`."""

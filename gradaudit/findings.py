@@ -29,6 +29,10 @@ FINDINGS: dict[str, tuple[str, str]] = {
     "compile-error": ("fail", "compiling or running the compiled loss raised where eager did not"),
     "compile-graph-break": ("info", "torch.compile (dynamo) breaks the graph at this line"),
     "batch-mixing": ("fail", "a per_sample loss gives a sample a gradient that depends on other samples"),
+    "dead-term": ("warn", "a term cut from the gradient reaches the loss only by addition: it changes the "
+                          "loss value and never training"),
+    "saturated-grad": ("warn", "an op with a value range (clamp, hardtanh, ...) zeroes most of an input's "
+                               "gradient in every draw, because the drawn values lie outside its range"),
 }
 
 

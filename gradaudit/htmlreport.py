@@ -213,6 +213,8 @@ def finding_data(finding: Finding, shown: set[str]) -> dict[str, Any]:
     if loc is None:
         return data
     data["where"] = loc.where + (f" in {loc.function}" if loc.function else "")
+    if finding.second is not None:  # shown under the location: "saved for backward at file:line: code"
+        data["second"] = f"{finding.second.label or 'see also'} {_frame_text(finding.second)}"
     if loc.where in shown:
         data["same"] = 1
         return data

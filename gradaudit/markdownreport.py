@@ -108,6 +108,10 @@ def _cause_detail(n: int, cause: Cause) -> list[str]:
     if cause.location is not None:
         snippet = _snippet(cause.location)
         out += snippet + ([""] if snippet else [])
+    second = cause.second
+    if second is not None:  # the second line: context, not the line to change
+        out += [f"{escape(second.label or 'see also')} {code_span(second.where)}"
+                + (f": {code_span(second.code)}" if second.code else ""), ""]
     return out
 
 

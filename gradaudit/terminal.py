@@ -130,6 +130,9 @@ def finding_text(finding: Finding) -> str:
         text += f"\n  at {loc.where}" + (f" in {loc.function}" if loc.function else "")
         if loc.code:
             text += f": {loc.code}"
+    second = finding.second
+    if second:
+        text += f"\n  {second.label or 'see also'} {second.where}" + (f": {second.code}" if second.code else "")
     return safe_text(text)
 
 

@@ -155,7 +155,8 @@ def test_version_conflict_has_anomaly_trace(spine_run):
     _, results = spine_run
     r = results["inplace"]
     assert "sigmoid" in r["error"]["anomaly_trace"]
-    assert r["findings"][0]["location"]["code"] == "p = torch.sigmoid(x)"
+    assert r["findings"][0]["location"]["code"] == "p.mul_(2.0)"  # the in-place op: the line to change
+    assert r["findings"][0]["second"]["code"] == "p = torch.sigmoid(x)"  # the op that saved the tensor
 
 
 def test_expect_no_grad_allows_declared_input(spine_run):

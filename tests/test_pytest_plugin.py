@@ -30,7 +30,7 @@ def sigmoid_inplace(x):
 def sigmoid_twin(x):
     return (torch.sigmoid(x) * 2).sum()
 '''
-CULPRIT = "my_losses.py:5"  # y = torch.sigmoid(x): the op whose saved output mul_ changed
+CULPRIT = "my_losses.py:6"  # y.mul_(2): the in-place op that changed what sigmoid saved (the line to change)
 
 
 def plugin_installed() -> bool:
@@ -81,7 +81,7 @@ def test_a_five_line_test_file_fails_with_the_culprit_line(project):
     assert proc.returncode == 1
     assert "1 failed" in proc.stdout
     assert "inplace-version-conflict" in proc.stdout
-    assert f"at {CULPRIT} in sigmoid_inplace: y = torch.sigmoid(x)" in proc.stdout
+    assert f"at {CULPRIT} in sigmoid_inplace: y.mul_(2)" in proc.stdout
 
 
 @pytest.mark.slow
@@ -112,7 +112,7 @@ def test_decorated_losses_are_items_with_the_findings_as_failure_text(project):
     assert "test_decorated.py::twin[cpu] PASSED" in proc.stdout
     assert "test_decorated.py::test_still_callable PASSED" in proc.stdout
     # The failure text is the audit's, not a traceback of the plugin.
-    assert f"at {CULPRIT} in sigmoid_inplace: y = torch.sigmoid(x)" in proc.stdout
+    assert f"at {CULPRIT} in sigmoid_inplace: y.mul_(2)" in proc.stdout
     assert "pytest_plugin.py" not in proc.stdout
     assert proc.returncode == 1
 
@@ -150,7 +150,7 @@ def test_gradaudit_option_collects_each_case_and_device(project):
     cuda = "PASSED" if torch.cuda.is_available() else "SKIPPED"
     assert f"audit.yaml::on_gpu[cuda] {cuda}" in proc.stdout
     assert "test_unrelated" not in proc.stdout  # only the config, as asked
-    assert f"at {CULPRIT} in sigmoid_inplace: y = torch.sigmoid(x)" in proc.stdout
+    assert f"at {CULPRIT} in sigmoid_inplace: y.mul_(2)" in proc.stdout
     assert "reproduce: gradaudit run audit.yaml --case inplace --device cpu" in proc.stdout
     if not torch.cuda.is_available():
         assert "audit.yaml:14: cuda is not available" in proc.stdout  # the case's line, not ours
@@ -236,7 +236,8 @@ def test_the_fixture_object_audits_in_process(tmp_path):
     auditor = Auditor(Path(__file__).parent, devices=["cpu"])
     assert auditor(twin, inputs={"x": Spec(shape=(3,))}).ok
     with pytest.raises(AssertionError, match=r"inplace-version-conflict(.|\n)*test_pytest_plugin.py:\d+ "
-                                             r"in inplace: y = torch.sigmoid\(x\)"):
+                                             r"in inplace: y.mul_\(2\)\n\s+saved for backward at "
+                                             r"(.|\n)*y = torch.sigmoid\(x\)"):
         auditor(inplace, inputs={"x": Spec(shape=(3,))}, devices=["cuda"])  # the option wins
     assert not auditor.audit(inplace, inputs={"x": Spec(shape=(3,))}).ok
 
