@@ -88,10 +88,11 @@ class DrawLoop:
 
     def run(self) -> DrawRecord:
         record = self.record
-        while self.one(record.draws):
-            record.draws += 1
-            if not self.rule.wants_more(record.draws):
-                break
+        with self.call.keeping_random_state():  # each draw seeds; the caller's state comes back once
+            while self.one(record.draws):
+                record.draws += 1
+                if not self.rule.wants_more(record.draws):
+                    break
         return record
 
     @contextlib.contextmanager
