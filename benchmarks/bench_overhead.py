@@ -122,7 +122,9 @@ def measure(loss, inputs, device: str, repeats: int) -> tuple[float, float, floa
             assert loop.one(0), loop.record  # every timed draw is draw 0, the fully traced one
         return run
 
-    bare_ms, spine_ms, audited_ms = medians_ms([bare, one_draw(plain), one_draw(traced)], repeats)
+    # As in a run: the caller's random state is kept once around a case's draws, not per draw.
+    with plain.call.keeping_random_state(), traced.call.keeping_random_state():
+        bare_ms, spine_ms, audited_ms = medians_ms([bare, one_draw(plain), one_draw(traced)], repeats)
     return bare_ms, spine_ms, audited_ms
 
 

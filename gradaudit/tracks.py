@@ -8,6 +8,7 @@ draw could still decide something (`wants_more`), and the last word before the v
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -55,12 +56,12 @@ class Track:
         # finite, and a dense gradient (no zero) adds one to every count, which stays implicit.
         # Only a non-finite norm (a NaN/Inf, or an overflow in low precision) pays for the masked
         # passes, and only a gradient with zeros (or one after it) for the per-element counts.
-        norm = torch.linalg.vector_norm(g)
-        if not bool(torch.isfinite(norm)):
+        norm = float(torch.linalg.vector_norm(g))
+        if not math.isfinite(norm):
             finite = torch.isfinite(g)
             self.nonfinite = max(self.nonfinite, int((~finite).sum()))
-            norm = torch.linalg.vector_norm(torch.where(finite, g, 0), dtype=torch.float64)
-        self.norms.append(float(norm))
+            norm = float(torch.linalg.vector_norm(torch.where(finite, g, 0), dtype=torch.float64))
+        self.norms.append(norm)
         if self._counts is None and _dense(g):
             self.dense_draws += 1
             return
