@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from gradaudit.model import BAD_STATUSES, CaseResult, RunResults
 
 NEW_FAILURE = "new-failure"
@@ -49,8 +51,11 @@ def apply_baseline(results: RunResults, old: RunResults, path: str = "") -> None
     results.baseline = {"path": path, "started_at": old.started_at, "counts": counts, "gone": gone}
 
 
-def describe(results: RunResults) -> str:
-    """`against OLD: 1 new failure, 2 still failing, 1 fixed`, or "" without a baseline."""
+def describe(results: RunResults, when: Callable[[str], str] = str) -> str:
+    """`against OLD of WHEN: 1 new failure, 2 still failing, 1 fixed`, or "" without a baseline.
+
+    `when` writes the baseline's start time (the HTML report writes it for people to read).
+    """
     if not results.baseline:
         return ""
     counts = results.baseline.get("counts") or {}
@@ -60,8 +65,8 @@ def describe(results: RunResults) -> str:
         parts.append(f"{len(gone)} gone")
     where = results.baseline.get("path") or "the baseline"
     started = results.baseline.get("started_at")
-    when = f" of {started}" if started else ""
-    return f"against {where}{when}: " + (", ".join(parts) or "no change")
+    of = f" of {when(started)}" if started else ""
+    return f"against {where}{of}: " + (", ".join(parts) or "no change")
 
 
 def new_failures(results: RunResults) -> list[CaseResult]:

@@ -2,6 +2,11 @@
 
 Everything shown is computed here as plain display data; the templates only lay it out. The
 page has no network dependency: CSS and JS are inlined, pictures are inline SVG.
+
+The page stays light at any size: the header and the problems (grouped by cause) are HTML; the
+table of every result and each result's details are data embedded in the page (one JSON block)
+that report.js lays out as they are scrolled to or opened. A nightly of 10,000 results holds a
+few thousand DOM nodes at load, not a few hundred thousand.
 """
 
 from __future__ import annotations
@@ -9,12 +14,16 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import IO, Any
 
 import jinja2
+from markupsafe import Markup, escape
 
+from gradaudit import causes as causes_mod
+from gradaudit.baseline import FIXED
 from gradaudit.baseline import LABELS as BASELINE_LABELS
 from gradaudit.baseline import describe as describe_baseline
 from gradaudit.model import (
@@ -27,16 +36,24 @@ from gradaudit.model import (
     Location,
     RunResults,
 )
+from gradaudit.tracebacks import segments
 
 TEMPLATE = "report.html.j2"
 # Symbols beside every status word, so status never rests on colour alone.
 STATUS_ICON = {"pass": "✓", "warn": "▲", "fail": "✗", "error": "⚠", "skip": "–", "timeout": "◷",
-               "crash": "✶"}
-GRAD_ICON = {"ok": "✓", "none": "✗", "zero": "✗", "partial": "◐", "nonfinite": "⚠", "not-required": "–"}
+               "crash": "✶", "expected": "✗"}
+GRAD_ICON = {"ok": "✓", "none": "✗", "zero": "✗", "partial": "◐", "nonfinite": "⚠", "not-required": "–",
+             "not measured": "–"}
 GRAD_CLASS = {"ok": "pass", "none": "fail", "zero": "fail", "partial": "fail", "nonfinite": "fail",
-              "not-required": "skip"}
-# Open the failing results at load when there are few; a big nightly report starts folded.
-OPEN_LIMIT = 10
+              "not-required": "skip", "not measured": "skip"}
+# The filter keys of the status chips: a known-bad fixture that fails as expected has its own.
+FILTERS = (*STATUSES, "expected")
+PROBLEMS = sorted(BAD_STATUSES | {"warn"})
+# The baseline chips: new failures (as `--fail-on new` counts them), then the marks as they are.
+BASELINE_FILTERS = {"new": ("new failure", "new failures"), "still-failing": ("still failing", "still failing"),
+                    "fixed": ("fixed", "fixed"), "new-case": ("new case", "new cases")}
+# How many cases of a cause its card names before "and N more" (a button shows them all).
+CAUSE_CASES = 8
 MAP_PIXELS = 240
 MAP_CELLS = 64  # the audit folds maps to at most this many cells a side
 
@@ -51,11 +68,20 @@ def template_dir() -> Path:
                             f"and {here.parent / 'templates'}); reinstall gradaudit")
 
 
+def wrap_at_underscores(text: str) -> Markup:
+    """Escaped text with a line-break opportunity after each `_`, so long names wrap on phones."""
+    return Markup("_<wbr>").join(escape(part) for part in str(text).split("_"))
+
+
 def environment() -> jinja2.Environment:
     """The Jinja2 environment; autoescape is on for every template, whatever its suffix."""
-    return jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir())), autoescape=True,
-                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                              keep_trailing_newline=True)
+    env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir())), autoescape=True,
+                             undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
+                             keep_trailing_newline=True)
+    # `tojson` escapes <, >, & and ' as \u003c..., so no string can close the data's <script>.
+    env.policies["json.dumps_kwargs"] = {"sort_keys": False, "separators": (",", ":"), "ensure_ascii": False}
+    env.filters["wbr"] = wrap_at_underscores
+    return env
 
 
 # -- display data ------------------------------------------------------------------------------
@@ -71,7 +97,9 @@ class Badge:
 
     @classmethod
     def of(cls, status: str, expected: bool = False) -> Badge:
-        return cls(status, status + (" (expected)" if expected else ""), STATUS_ICON.get(status, "?"))
+        if expected:
+            return cls("expected", f"{status} (expected)", STATUS_ICON["expected"])
+        return cls(status, status, STATUS_ICON.get(status, "?"))
 
 
 @dataclass
@@ -79,16 +107,6 @@ class SourceLine:
     number: int
     text: str
     culprit: bool
-
-
-@dataclass
-class FindingView:
-    finding: Finding
-    message: list[tuple[str, bool]]  # the message in pieces: (text, whether it is `code`)
-    where: str  # "file:line in function"
-    source: list[SourceLine]
-    chain: list[str]
-    same_place: bool = False  # an earlier finding of the result showed this very line
 
 
 def message_parts(message: str) -> list[tuple[str, bool]]:
@@ -99,55 +117,14 @@ def message_parts(message: str) -> list[tuple[str, bool]]:
     return [(piece, i % 2 == 1) for i, piece in enumerate(pieces) if piece]
 
 
-@dataclass
-class InputView:
-    input: InputResult
-    shape: str
-    grad_label: str
-    grad_icon: str
-    grad_class: str
-    zero_pct: str
-    norm: str
-    has_bar: bool
-    bar_pct: float
-    bar_label: str
-    grad_map: GradMap | None
-
-
-@dataclass
-class ResultView:
-    result: CaseResult
-    anchor: str
-    badge: Badge
-    baseline: str
-    open: bool
-    findings: list[FindingView]
-    inputs: list[InputView]
-    loss: str
-    facts: list[tuple[str, str]]
-    search: str
-    summary: list[tuple[str, bool]]
-
-
-@dataclass
-class RowView:
-    """One case of the cases x devices table."""
-
-    case: str
-    cells: list[ResultView | None]
-    worst: ResultView
-    what: list[tuple[str, bool]]
-    statuses: str
-    search: str
-
-
-@dataclass
-class GroupView:
-    name: str
-    anchor: str
-    counts: str
-    rows: list[RowView] = field(default_factory=list)
-    results: list[ResultView] = field(default_factory=list)
+def rich(message: str) -> list[str]:
+    """A message as the page's data holds it: pieces alternating text, code, text, ..."""
+    out: list[str] = []
+    for piece, is_code in message_parts(message):
+        if is_code != (len(out) % 2 == 1):
+            out.append("")
+        out.append(piece)
+    return out
 
 
 def _fmt_number(value: Any) -> str:
@@ -176,8 +153,24 @@ def _duration(seconds: float) -> str:
     return f"{seconds // 60:.0f} min {seconds % 60:.0f} s"
 
 
-def _anchor(text: str, taken: set[str]) -> str:
-    base = "r-" + (re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x")
+def readable_time(stamp: str) -> str:
+    """`2026-11-25T03:00:12+00:00` as `25 Nov 2026, 03:00 UTC`; what does not parse stays as it is."""
+    try:
+        when = datetime.fromisoformat(stamp)
+    except (TypeError, ValueError):
+        return stamp
+    text = f"{when.day} {when:%b %Y, %H:%M}"
+    offset = when.utcoffset()
+    if offset is None:
+        return text
+    if not offset:
+        return text + " UTC"
+    zone = when.strftime("%z")  # +0200
+    return f"{text} (UTC{zone[:3]}:{zone[3:5]})"
+
+
+def _anchor(text: str, taken: set[str], prefix: str = "r-") -> str:
+    base = prefix + (re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x")
     anchor, n = base, 1
     while anchor in taken:
         n += 1
@@ -201,18 +194,23 @@ def _frame_text(frame) -> str:
     return text + (f": {frame.code}" if frame.code else "")
 
 
-def finding_view(finding: Finding, shown: set[str] | None = None) -> FindingView:
-    """A finding for display; a line already in `shown` (an earlier finding's) is not repeated."""
+def finding_data(finding: Finding, shown: set[str]) -> dict[str, Any]:
+    """A finding for display; a line an earlier finding of the result showed is not repeated."""
+    data: dict[str, Any] = {"id": finding.id, "sev": finding.severity, "msg": rich(finding.message)}
+    if finding.input:
+        data["input"] = finding.input
     loc = finding.location
-    parts = message_parts(finding.message)
     if loc is None:
-        return FindingView(finding, parts, "", [], [])
-    where = loc.where + (f" in {loc.function}" if loc.function else "")
-    if shown is not None and loc.where in shown:
-        return FindingView(finding, parts, where, [], [], same_place=True)
-    if shown is not None:
-        shown.add(loc.where)
-    return FindingView(finding, parts, where, source_lines(loc), [_frame_text(f) for f in loc.chain])
+        return data
+    data["where"] = loc.where + (f" in {loc.function}" if loc.function else "")
+    if loc.where in shown:
+        data["same"] = 1
+        return data
+    shown.add(loc.where)
+    data["src"] = [[line.number, line.text, int(line.culprit)] for line in source_lines(loc)]
+    if loc.chain:
+        data["chain"] = [_frame_text(f) for f in loc.chain]
+    return data
 
 
 def _cell_class(value: Any) -> str | None:
@@ -227,7 +225,7 @@ def _cell_class(value: Any) -> str | None:
 
 @dataclass
 class GradMap:
-    """An inline SVG map of which elements ever got a gradient, as path data the template draws."""
+    """An inline SVG map of which elements ever got a gradient, as path data report.js draws."""
 
     cols: int
     rows: int
@@ -237,6 +235,10 @@ class GradMap:
     partial: str
     grid: str
     caption: str
+
+    def to_data(self) -> dict[str, Any]:
+        return {"cols": self.cols, "rows": self.rows, "w": self.width, "h": self.height, "dead": self.dead,
+                "partial": self.partial, "grid": self.grid, "caption": self.caption}
 
 
 def grad_map(cells: list[list[Any]], caption: str) -> GradMap | None:
@@ -290,60 +292,60 @@ def _shape(shape: list[int]) -> str:
     return "[" + ", ".join(str(s) for s in shape) + "]"
 
 
-def input_views(result: CaseResult) -> list[InputView]:
+def _map_of(item: InputResult, grad: str) -> GradMap | None:
+    """The gradient map of an input, where one says something: a measured, not-ok gradient."""
+    if grad in ("ok", "not-required", "not measured", "nonfinite"):
+        return None
+    cells = item.grad_map
+    if not cells and grad == "none":
+        cells = dead_map(item.shape)  # no element got a gradient: the shape alone draws it
+    if not cells:
+        return None
+    rows, cols = len(cells), max(len(r) for r in cells)
+    folded = len(item.shape) > 2 or as_2d(item.shape) != (rows, cols)
+    caption = (f"{item.name} {_shape(item.shape)}"
+               + (f", folded to {rows}×{cols} cells" if folded else "")
+               + ": light cells get a gradient, hatched dark cells never do"
+               + (", dotted cells partly" if any(_cell_class(v) == "partial" for r in cells for v in r) else ""))
+    return grad_map(cells, caption)
+
+
+def input_data(result: CaseResult) -> list[dict[str, Any]]:
+    """The inputs table of a result: verdict, share never reached, norm (or NaN/Inf count), map."""
     norms = [i.grad_norm for i in result.inputs if isinstance(i.grad_norm, (int, float))
-             and math.isfinite(i.grad_norm)]
+             and math.isfinite(i.grad_norm) and i.grad != "nonfinite"]
     top = max(norms, default=0.0)
-    views = []
+    out = []
     for item in result.inputs:
-        norm = item.grad_norm
-        finite = isinstance(norm, (int, float)) and math.isfinite(norm)
-        pct = round(100.0 * norm / top, 1) if finite and top > 0 else 0.0
-        picture = None
-        cells = item.grad_map
-        if not cells and item.grad == "none":
-            cells = dead_map(item.shape)  # no element got a gradient: the shape alone draws it
-        if cells and item.grad not in ("ok", "not-required"):
-            rows, cols = len(cells), max(len(r) for r in cells)
-            folded = len(item.shape) > 2 or as_2d(item.shape) != (rows, cols)
-            caption = (f"{item.name} {_shape(item.shape)}"
-                       + (f", folded to {rows}×{cols} cells" if folded else "")
-                       + ": light cells get a gradient, hatched dark cells never do"
-                       + (", dotted cells partly" if any(_cell_class(v) == "partial" for r in cells
-                                                        for v in r) else ""))
-            picture = grad_map(cells, caption)
-        zero = item.zero_fraction
         grad = item.grad
         if grad in ("ok", "none") and not result.draws:
             grad = "not measured"  # no draw reached backward: a verdict would claim what nobody saw
-        views.append(InputView(
-            input=item, shape=_shape(item.shape), grad_label=grad, grad_icon=GRAD_ICON.get(grad, "–"),
-            grad_class=GRAD_CLASS.get(grad, "skip"),
-            zero_pct="–" if zero is None else f"{100 * zero:.0f}%" if zero in (0, 1) else f"{100 * zero:.1f}%",
-            norm=_fmt_number(norm) if item.requires_grad else "–", has_bar=finite, bar_pct=pct,
-            bar_label=f"gradient norm {_fmt_number(norm)}" + (f", {pct:.0f}% of the largest" if finite else ""),
-            grad_map=picture))
-    return views
+        norm = item.grad_norm
+        finite = (isinstance(norm, (int, float)) and not isinstance(norm, bool) and math.isfinite(norm)
+                  and grad not in ("nonfinite", "not measured"))
+        zero = item.zero_fraction
+        data: dict[str, Any] = {"name": item.name, "shape": _shape(item.shape), "dtype": item.dtype, "grad": grad,
+                                "zero": "–" if zero is None or grad == "not measured"
+                                else f"{100 * zero:.0f}%" if zero in (0, 1) else f"{100 * zero:.1f}%"}
+        if grad == "nonfinite" and item.nonfinite_count:
+            numel = math.prod(item.shape) if item.shape else 1
+            data["norm"] = f"{item.nonfinite_count} of {numel} element{'s' if numel != 1 else ''} NaN/Inf"
+        elif item.requires_grad and grad != "not measured":
+            data["norm"] = _fmt_number(norm)
+        else:
+            data["norm"] = "–"
+        if finite and item.requires_grad:
+            data["bar"] = round(100.0 * norm / top, 1) if top > 0 else 0.0
+        picture = _map_of(item, grad)
+        if picture is not None:
+            data["map"] = picture.to_data()
+        out.append(data)
+    return out
 
 
-def result_view(result: CaseResult, anchor: str, open_: bool) -> ResultView:
-    loss = ""
-    if result.loss is not None:
-        info = result.loss
-        loss = (f"{_fmt_number(info.value)} ({info.dtype}{', shape ' + _shape(info.shape) if info.shape else ''}"
-                f", grad_fn {info.grad_fn or 'None'})")
-    facts = [("loss", result.loss_ref), ("seed", str(result.seed)), ("draws", str(result.draws or "")),
-             ("time", _duration(result.duration_s))]
-    findings = sorted(result.findings, key=lambda f: -f.rank)
-    shown: set[str] = set()
-    if result.gradcheck:
-        facts.append(("gradcheck", gradcheck_text(result.gradcheck)))
-    return ResultView(
-        result=result, anchor=anchor, badge=Badge.of(result.status, result.expected),
-        baseline=BASELINE_LABELS.get(result.baseline or "", ""), open=open_,
-        findings=[finding_view(f, shown) for f in findings], inputs=input_views(result), loss=loss,
-        facts=[(k, v) for k, v in facts if v], search=f"{result.case} {result.loss_ref}".lower(),
-        summary=message_parts(result.summary_line))
+def trace_data(text: str) -> list[list[str]]:
+    """A traceback as [label, text] runs: label "" is shown, others fold frames that are not the user's."""
+    return [[seg.label, seg.text] for seg in segments(text)]
 
 
 def gradcheck_text(info: dict[str, Any]) -> str:
@@ -359,6 +361,63 @@ def gradcheck_text(info: dict[str, Any]) -> str:
     if info.get("draws"):
         text += f", {info['draws']} draw{'s' if info['draws'] != 1 else ''}"
     return text
+
+
+def filter_key(result: CaseResult) -> str:
+    """The status chip a result answers to: its status, or `expected` for a known-bad fixture."""
+    return "expected" if result.expected and result.status in BAD_STATUSES else result.status
+
+
+def baseline_key(result: CaseResult) -> str:
+    """The baseline chip a result answers to: `new` for a failure the baseline did not have."""
+    if causes_mod.is_new_failure(result):
+        return "new"
+    return result.baseline or ""
+
+
+def result_data(result: CaseResult, anchor: str, cause: int) -> dict[str, Any]:
+    """One result as the page's data: what its row shows, and its body for when it is opened."""
+    data: dict[str, Any] = {"case": result.case, "device": result.device, "status": result.status,
+                            "key": filter_key(result), "anchor": anchor}
+    if result.baseline:
+        data["bl"] = result.baseline
+        data["blkey"] = baseline_key(result)
+    if cause >= 0:
+        data["cause"] = cause
+    if result.summary_line:
+        data["what"] = rich(result.summary_line)
+    shown: set[str] = set()
+    if result.findings:
+        data["findings"] = [finding_data(f, shown) for f in sorted(result.findings, key=lambda f: -f.rank)]
+    if result.skip_reason:
+        data["skip"] = result.skip_reason
+    if result.error is not None:
+        error = {"type": result.error.type, "msg": result.error.message}
+        if result.error.traceback:
+            error["tb"] = trace_data(result.error.traceback)
+        if result.error.anomaly_trace:
+            error["anomaly"] = trace_data(result.error.anomaly_trace)
+        # With no located finding, the traceback is what says where: it starts open.
+        error["open"] = int(not any(f.location for f in result.findings))
+        data["error"] = error
+    if result.warnings:
+        data["warnings"] = list(result.warnings)
+    if result.inputs:
+        data["inputs"] = input_data(result)
+    if result.loss is not None:
+        info = result.loss
+        shape = f", shape {_shape(info.shape)}" if info.shape else ""
+        data["loss"] = f"{_fmt_number(info.value)} ({info.dtype}{shape}, grad_fn {info.grad_fn or 'None'})"
+    if result.reproduce:
+        data["reproduce"] = result.reproduce
+    # The module, where the loss reference does not already say it (`losses.ratio:ratio_loss`).
+    module = "" if result.loss_ref.startswith(f"{result.group}:") else result.group
+    facts = [("loss", result.loss_ref), ("module", module), ("seed", str(result.seed)),
+             ("draws", str(result.draws or "")), ("time", _duration(result.duration_s))]
+    if result.gradcheck:
+        facts.append(("gradcheck", gradcheck_text(result.gradcheck)))
+    data["facts"] = [[k, v] for k, v in facts if v]
+    return data
 
 
 def counts_text(results: list[CaseResult]) -> str:
@@ -404,7 +463,7 @@ def header_facts(results: RunResults) -> list[tuple[str, str, str]]:
     config = results.config or {}
     sha = str(config.get("sha256") or "")
     facts = [
-        ("started", results.started_at.replace("T", " "), ""),
+        ("started", readable_time(results.started_at), results.started_at if results.started_at else ""),
         ("run time", _duration(results.duration_s), ""),
         ("devices", device_text, ""),
         ("torch", str(env.get("torch") or ""), ""),
@@ -413,45 +472,82 @@ def header_facts(results: RunResults) -> list[tuple[str, str, str]]:
         ("config sha256", sha[:12], sha),
         ("gradaudit", results.gradaudit_version, ""),
     ]
-    return [f for f in facts if f[1]]
+    return [(label, text, full if full != text else "") for label, text, full in facts if text]
+
+
+@dataclass
+class CauseView:
+    """One cause as its card shows it."""
+
+    cause: causes_mod.Cause
+    index: int
+    anchor: str
+    badge: Badge
+    message: list[tuple[str, bool]]
+    source: list[SourceLine]
+    cases: list[tuple[str, str, str, list[str]]]  # (case, anchor of its first result, status, devices)
+    more: int  # cases not named on the card
+
+
+def cause_view(cause: causes_mod.Cause, index: int, anchors: dict[tuple[str, str], str]) -> CauseView:
+    worst = max(cause.results, key=lambda r: STATUS_RANK.get(r.status, 0))
+    cases = []
+    for case in cause.cases[:CAUSE_CASES]:
+        first = next(r for r in cause.results if r.case == case)
+        cases.append((case, anchors[first.key], filter_key(first), cause.devices_of(case)))
+    return CauseView(cause=cause, index=index, anchor=f"c-{index + 1}",
+                     badge=Badge.of(worst.status, cause.kind == "expected"),
+                     message=message_parts(cause.message),
+                     source=source_lines(cause.location) if cause.location else [],
+                     cases=cases, more=max(0, len(cause.cases) - CAUSE_CASES))
+
+
+def _row_what(results: list[CaseResult]) -> list[str]:
+    """The table's "what broke" of a case: the worst audited result's summary (a skip says little)."""
+    audited = [r for r in results if r.status != "skip"] or results
+    telling = max(audited, key=lambda r: STATUS_RANK.get(r.status, 0))
+    what = telling.summary_line
+    if what and len({(r.status, r.summary_line) for r in audited}) > 1 and telling.status != "pass":
+        what = f"[{telling.device}] {what}"  # the devices disagree: say which one this is
+    return rich(what) if telling.status != "pass" or telling.baseline == FIXED else []
 
 
 def build_view(results: RunResults) -> dict[str, Any]:
     """Everything the template shows, as display data."""
-    ordered = sorted(results.results, key=lambda r: (r.group, r.case, r.device))
-    devices = sorted({r.device for r in ordered}, key=lambda d: (d != "cpu", d))
-    problems = [r for r in ordered if r.status in BAD_STATUSES]
-    open_failing = len(problems) <= OPEN_LIMIT
+    devices = sorted({r.device for r in results.results}, key=lambda d: (d != "cpu", d))
+    causes = causes_mod.group_by_cause(results.results)
+    cause_of = causes_mod.cause_index(causes)
+    # Rows: one per case, in the order of their first cause (problems first), then by module and name.
+    by_case: dict[str, list[CaseResult]] = {}
+    for r in sorted(results.results, key=lambda r: (r.group, r.case, devices.index(r.device))):
+        by_case.setdefault(r.case, []).append(r)
+    far = len(causes)
+    order = sorted(by_case, key=lambda c: (min(cause_of.get(r.key, far) for r in by_case[c]),
+                                          by_case[c][0].group, c))
     taken: set[str] = set()
-    groups: dict[str, GroupView] = {}
-    views: dict[tuple[str, str], ResultView] = {}
-    for r in ordered:
-        name = r.group or "(no module)"
-        group = groups.get(name)
-        if group is None:
-            group = groups[name] = GroupView(name=name, anchor=_anchor("g-" + name, taken), counts="")
-        view = result_view(r, _anchor(f"{r.case}-{r.device}", taken),
-                           open_failing and r.status in BAD_STATUSES)
-        views[r.key] = view
-        group.results.append(view)
-    for group in groups.values():
-        group.counts = counts_text([v.result for v in group.results])
-        seen: dict[str, list[ResultView]] = {}
-        for v in group.results:
-            seen.setdefault(v.result.case, []).append(v)
-        for case, case_views in seen.items():
-            by_device = {v.result.device: v for v in case_views}
-            worst = max(case_views, key=lambda v: STATUS_RANK.get(v.result.status, 0))
-            # The table's "what broke" speaks of the worst audited result: a skip says little.
-            audited = [v for v in case_views if v.result.status != "skip"] or case_views
-            telling = max(audited, key=lambda v: STATUS_RANK.get(v.result.status, 0))
-            what = telling.result.summary_line
-            if what and len(audited) > 1:
-                what = f"[{telling.result.device}] {what}"
-            group.rows.append(RowView(
-                case=case, cells=[by_device.get(d) for d in devices], worst=worst, what=message_parts(what),
-                statuses=" ".join(sorted({v.result.status for v in case_views})), search=worst.search))
-    counts = results.summary.counts
+    anchors: dict[tuple[str, str], str] = {}
+    rows, items = [], []
+    for case in order:
+        cells = [-1] * len(devices)
+        for r in by_case[case]:
+            anchors[r.key] = _anchor(f"{r.case}-{r.device}", taken)
+            cells[devices.index(r.device)] = len(items)
+            items.append(result_data(r, anchors[r.key], cause_of.get(r.key, -1)))
+        rows.append({"cells": cells, "what": _row_what(by_case[case])})
+    views = [cause_view(c, i, anchors) for i, c in enumerate(causes)]
+    counts = Counter(filter_key(r) for r in results.results)
+    chips = [Badge("expected" if s == "expected" else s, f"{counts[s]} {s}", STATUS_ICON[s])
+             for s in FILTERS if counts.get(s)]
+    marks = Counter(baseline_key(r) for r in results.results if r.baseline)
+    baseline_chips = [(key, f"{marks[key]} {words[marks[key] != 1]}")
+                      for key, words in BASELINE_FILTERS.items() if marks.get(key)]
+    bad = [c for c in views if c.cause.kind == "fail"]
+    n_bad = sum(len(c.cause.results) for c in bad)
+    new = sum(c.cause.new for c in bad)
+    problems_line = ""
+    if bad:
+        problems_line = (f"{n_bad} failing result{'s' if n_bad != 1 else ''} from {len(bad)} "
+                         f"cause{'s' if len(bad) != 1 else ''}" + (f", {new} of them new" if new else ""))
     return {
         "title": f"gradaudit: {verdict(results)['word'].lower()}"
                  + (f" – {(results.config or {}).get('path')}" if (results.config or {}).get("path") else ""),
@@ -459,14 +555,21 @@ def build_view(results: RunResults) -> dict[str, Any]:
         "version": results.gradaudit_version,
         "facts": header_facts(results),
         "command": results.command,
-        "baseline": describe_baseline(results),
+        "baseline": describe_baseline(results, when=readable_time),
         "gone": (results.baseline or {}).get("gone") or [],
-        "chips": [Badge(s, f"{counts.get(s, 0)} {s}", STATUS_ICON[s]) for s in STATUSES if counts.get(s)],
-        "total": len(ordered),
+        "chips": chips,
+        "baseline_chips": baseline_chips,
+        "total": len(results.results),
         "devices": devices,
-        "groups": list(groups.values()),
-        "data": {"statuses": [s for s in STATUSES if counts.get(s)], "total": len(ordered),
-                 "problems": sorted(BAD_STATUSES | {"warn"})},
+        "kinds": [(kind, causes_mod.KIND_TITLES[kind], [v for v in views if v.cause.kind == kind])
+                  for kind in causes_mod.KINDS if any(v.cause.kind == kind for v in views)],
+        "problems_line": problems_line,
+        "data": {
+            "total": len(results.results), "devices": devices, "problems": PROBLEMS,
+            "causes": [v.cause.title for v in views], "rows": rows, "results": items,
+            "statusIcon": STATUS_ICON, "gradIcon": GRAD_ICON, "gradClass": GRAD_CLASS,
+            "baselineLabels": {**BASELINE_LABELS},
+        },
     }
 
 

@@ -1,7 +1,9 @@
-"""A short Markdown summary of a run, for CI job summaries: counts, then the failing cases and their lines.
+"""A short Markdown summary of a run, for CI job summaries: counts, the causes, then the failing cases.
 
-It holds no links (the HTML report is usually not reachable from where the summary shows) and
-escapes user text, so a case name or message cannot inject Markdown or HTML.
+Failing results are grouped by cause (finding ID and culprit line, gradaudit.causes): a table names
+every distinct cause, however many rows are cut below it, and the first causes show their culprit
+line in context. It holds no links (the HTML report is usually not reachable from where the summary
+shows) and escapes user text, so a case name or message cannot inject Markdown or HTML.
 """
 
 from __future__ import annotations
@@ -11,12 +13,15 @@ from typing import IO
 
 from gradaudit.baseline import LABELS
 from gradaudit.baseline import describe as describe_baseline
+from gradaudit.causes import Cause, cause_index, group_by_cause
 from gradaudit.htmlreport import verdict
-from gradaudit.model import BAD_STATUSES, STATUS_RANK, STATUSES, CaseResult, RunResults
+from gradaudit.model import STATUS_RANK, STATUSES, CaseResult, Location, RunResults
 
-# Rows of the problems table and culprit blocks before "... and N more": a job summary stays short.
+# Rows of the problems table, culprit blocks, and cases named per cause before "... and N more":
+# a job summary stays short. The causes table is never cut: every distinct cause is named.
 MAX_ROWS = 50
 MAX_DETAILS = 10
+MAX_CASES = 5
 # Enough to keep user text inert inside a line or a table cell: emphasis, code, links, HTML, cells.
 _SPECIAL = re.compile(r"([\\`*_\[\]<|~&])")
 
@@ -52,24 +57,56 @@ def _status(result: CaseResult) -> str:
     return result.status.upper() + (" (expected)" if result.expected else "")
 
 
-def _culprit(result: CaseResult) -> list[str]:
-    """The worst located finding's lines around its culprit, as a fenced block with line numbers."""
-    for finding in sorted(result.findings, key=lambda f: -f.rank):
-        loc = finding.location
-        if loc is None:
-            continue
-        if loc.context and loc.context_start:
-            width = len(str(loc.context_start + len(loc.context)))
-            lines = [f"{'>' if loc.context_start + i == loc.line else ' '} {loc.context_start + i:>{width}}  {text}"
-                     .rstrip() for i, text in enumerate(loc.context)]
-        elif loc.code:
-            lines = [f"> {loc.line}  {loc.code}"]
-        else:
-            lines = []
-        head = f"{escape(finding.id)} at {code_span(loc.where)}" + (
-            f" in {code_span(loc.function)}" if loc.function else "")
-        return [head] + ([_fence(lines)] if lines else [])
-    return []
+def _snippet(loc: Location) -> list[str]:
+    """A location's lines around its culprit, as a fenced block with line numbers (the culprit marked >)."""
+    if loc.context and loc.context_start:
+        width = len(str(loc.context_start + len(loc.context)))
+        lines = [f"{'>' if loc.context_start + i == loc.line else ' '} {loc.context_start + i:>{width}}  {text}"
+                 .rstrip() for i, text in enumerate(loc.context)]
+    elif loc.code:
+        lines = [f"> {loc.line}  {loc.code}"]
+    else:
+        return []
+    return [_fence(lines)]
+
+
+def _where(cause: Cause) -> str:
+    if not cause.where:
+        return "–"
+    return code_span(cause.where) + (f" in {code_span(cause.function)}" if cause.function else "")
+
+
+def _cause_status(cause: Cause) -> str:
+    worst = max(cause.results, key=lambda r: STATUS_RANK.get(r.status, 0))
+    return {"expected": _status(worst), "fixed": "fixed"}.get(cause.kind, worst.status.upper())
+
+
+def _cases(cause: Cause, limit: int = MAX_CASES) -> str:
+    names = [f"{code_span(case)} ({escape(', '.join(cause.devices_of(case)))})" for case in cause.cases[:limit]]
+    more = len(cause.cases) - limit
+    return ", ".join(names) + (f" and {more} more" if more > 0 else "")
+
+
+def _causes_table(causes: list[Cause], marks: bool) -> list[str]:
+    """One row per distinct cause, never cut."""
+    out = ["| # | cause | where | status | results |" + (" new |" if marks else "") + " cases |",
+           "|---:|---|---|---|---:|" + ("---:|" if marks else "") + "---|"]
+    for n, cause in enumerate(causes, 1):
+        new = f" {cause.new or ''} |" if marks else ""
+        out.append(f"| {n} | {code_span(cause.id)} | {_where(cause)} | {_cause_status(cause)} | "
+                   f"{len(cause.results)} |{new} {_cases(cause)} |")
+    return out
+
+
+def _cause_detail(n: int, cause: Cause) -> list[str]:
+    """A cause's heading line, its message and its culprit line in context."""
+    head = f"**{n}. {escape(cause.id)}**" + (f" at {_where(cause)}" if cause.where else "")
+    new = f", {cause.new} new" if cause.new else ""
+    out = [f"{head}: {_cause_status(cause)} in {escape(cause.reach())}{new}", "", inline(cause.message), ""]
+    if cause.location is not None:
+        snippet = _snippet(cause.location)
+        out += snippet + ([""] if snippet else [])
+    return out
 
 
 def write_markdown(results: RunResults, stream: IO[str]) -> None:
@@ -90,26 +127,32 @@ def write_markdown(results: RunResults, stream: IO[str]) -> None:
     out += [" · ".join(facts), ""]
     if results.baseline:
         out += [f"**Baseline:** {escape(describe_baseline(results))}", ""]
-    problems = [r for r in results.results if r.status not in ("pass", "skip")]
-    problems.sort(key=lambda r: (not r.is_bad, r.baseline != "new-failure", -STATUS_RANK.get(r.status, 0),
-                                 r.case, r.device))
-    if problems:
-        marks = bool(results.baseline)
-        out += ["| case | device | status |" + (" vs baseline |" if marks else "") + " what broke, where |",
-                "|---|---|---|" + ("---|" if marks else "") + "---|"]
+    marks = bool(results.baseline)
+    causes = [c for c in group_by_cause(results.results) if c.kind != "fixed"]
+    if causes:
+        failing = [c for c in causes if c.kind == "fail"]
+        n_failing = sum(len(c.results) for c in failing)
+        title = (f"### {len(failing)} cause{'s' if len(failing) != 1 else ''} of {n_failing} failing "
+                 f"result{'s' if n_failing != 1 else ''}" if failing else "### What needs a look")
+        out += [title, "", *_causes_table(causes, marks), ""]
+        for n, cause in enumerate(causes[:MAX_DETAILS], 1):
+            out += _cause_detail(n, cause)
+        if len(causes) > MAX_DETAILS:
+            out += [f"… and {len(causes) - MAX_DETAILS} more causes, each named in the table above.", ""]
+        # Then every result that needs a look, cause by cause (the causes' order), cut to MAX_ROWS.
+        position = cause_index(causes)
+        problems = sorted((r for r in results.results if r.key in position),
+                          key=lambda r: (position[r.key], r.baseline != "new-failure", r.case, r.device))
+        out += ["| case | device | status |" + (" vs baseline |" if marks else "") + " cause | what broke, where |",
+                "|---|---|---|" + ("---|" if marks else "") + "---:|---|"]
         for r in problems[:MAX_ROWS]:
             mark = f" {LABELS.get(r.baseline or '', '')} |" if marks else ""
-            out.append(f"| {code_span(r.case)} | {escape(r.device)} | {_status(r)} |{mark} {inline(r.summary_line)} |")
+            out.append(f"| {code_span(r.case)} | {escape(r.device)} | {_status(r)} |{mark} {position[r.key] + 1} | "
+                       f"{inline(r.summary_line)} |")
         if len(problems) > MAX_ROWS:
-            out.append(f"\n… and {len(problems) - MAX_ROWS} more in the HTML report.")
+            out.append(f"\n… and {len(problems) - MAX_ROWS} more in the HTML report "
+                       "(their causes are all in the table of causes above).")
         out.append("")
-        detailed = [r for r in problems if r.status in BAD_STATUSES][:MAX_DETAILS]
-        for r in detailed:
-            culprit = _culprit(r)
-            if not culprit:
-                continue
-            out += [f"**{code_span(r.case)} [{escape(r.device)}]** {_status(r)}: {culprit[0]}", ""]
-            out += culprit[1:] + [""] if len(culprit) > 1 else []
     else:
         out += ["Every audited case passed.", ""]
     stream.write("\n".join(out).rstrip("\n") + "\n")

@@ -6,8 +6,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from gradaudit.baseline import FIXED, LABELS
+from gradaudit.baseline import LABELS
 from gradaudit.baseline import describe as describe_baseline
+from gradaudit.causes import Cause, group_by_cause
 from gradaudit.model import CaseResult, Finding, RunResults
 
 BASELINE_STYLE = {"new-failure": "bold red", "still-failing": "yellow", "fixed": "green", "new-case": "cyan"}
@@ -33,31 +34,43 @@ def result_line(result: CaseResult) -> str:
     return text
 
 
+def cause_line(cause: Cause) -> str:
+    """`partial-grad at losses/ratio.py:7: 10 results (5 cases) on cpu, cuda, 2 new`: one cause's heading."""
+    kind = {"expected": " (expected)", "fixed": ""}.get(cause.kind, "")
+    return f"{cause.title}{kind}: {cause.reach()}" + (f", {cause.new} new" if cause.new else "")
+
+
 def print_summary(results: RunResults, console: Console) -> None:
-    """Print a recap table of the problems (and fixes against a baseline), then the totals line.
+    """Print a recap of the problems (and fixes against a baseline), grouped by cause, then the totals.
 
     Every result already had its own line as it finished; the recap repeats only what needs a
-    look, so the end of a CI log of 1,000 passing cases still shows the one that failed.
+    look, so the end of a CI log of 1,000 passing cases still shows the one that failed, and each
+    cause (finding ID and culprit line) once above the results it breaks.
     """
-    shown = [r for r in results.results if r.status not in ("pass", "skip") or r.baseline == FIXED]
-    if shown and not console.is_terminal:
+    causes = group_by_cause(results.results)  # exactly the results that need a look
+    if causes and not console.is_terminal:
         # A CI log: plain lines that grep and never wrap a culprit line across table cells.
         console.print("Needs a look:", markup=False)
-        for r in shown:
-            console.print("  " + result_line(r), markup=False, highlight=False, soft_wrap=True)
-    elif shown:
-        table = Table(show_edge=False, header_style="bold", expand=False)
-        table.add_column("case", overflow="fold")
-        table.add_column("device")
-        table.add_column("status")
-        if results.baseline:
-            table.add_column("vs baseline")
-        table.add_column("what broke, where", overflow="fold")
-        for r in shown:
-            mark = [f"[{BASELINE_STYLE[r.baseline]}]{LABELS[r.baseline]}[/]" if r.baseline else ""]
-            table.add_row(escape(r.case), escape(r.device), status_text(r),
-                          *(mark if results.baseline else []), escape(r.summary_line))
-        console.print(table)
+        for cause in causes:
+            console.print("  " + cause_line(cause), markup=False, highlight=False, soft_wrap=True)
+            for r in cause.results:
+                console.print("    " + result_line(r), markup=False, highlight=False, soft_wrap=True)
+    elif causes:
+        for n, cause in enumerate(causes):
+            # One table per cause, titled by it; the column names once, above the first.
+            table = Table(title=escape(cause_line(cause)), title_justify="left", title_style="bold",
+                          show_edge=False, show_header=n == 0, header_style="bold", expand=False)
+            table.add_column("case", overflow="fold")
+            table.add_column("device")
+            table.add_column("status")
+            if results.baseline:
+                table.add_column("vs baseline")
+            table.add_column("what broke, where", overflow="fold")
+            for r in cause.results:
+                mark = [f"[{BASELINE_STYLE[r.baseline]}]{LABELS[r.baseline]}[/]" if r.baseline else ""]
+                table.add_row(escape(r.case), escape(r.device), status_text(r),
+                              *(mark if results.baseline else []), escape(r.summary_line))
+            console.print(table)
     console.print(f"gradaudit: {escape(results.summary.line())} in {results.duration_s:.1f}s")
     if results.baseline:
         console.print(f"gradaudit: {escape(describe_baseline(results))}")

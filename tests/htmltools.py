@@ -89,3 +89,18 @@ def external_refs(root: Element) -> list[str]:
             if value.startswith(("http://", "https://", "//", "ftp://")):
                 bad.append(f"<{element.tag} {name}={value}>")
     return bad
+
+
+def page_data(page: str) -> dict:
+    """The JSON data block the page's script lays out the results table and details from."""
+    import json
+
+    root = parse(page)
+    (block,) = root.find_all("script", id="gradaudit-data")
+    assert block.attrs.get("type") == "application/json"
+    return json.loads(block.text)
+
+
+def text_of(parts: list[str]) -> str:
+    """A message as the data holds it (text, code, text, ... pieces) as plain text."""
+    return "".join(parts)

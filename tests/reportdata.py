@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import copy
+import json
+import random
+import re
+from pathlib import Path
+
 from gradaudit.model import (
     CaseResult,
     ErrorInfo,
@@ -105,3 +111,115 @@ def sample_run(results: list[CaseResult] | None = None) -> RunResults:
         config={"path": "config.yaml", "sha256": "ab" * 32}, command="gradaudit run config.yaml")
     run.sort()
     return run
+
+
+# -- a big, realistic nightly, from the real results of tests/data/nightly_template.yaml ---------------
+
+DATA = Path(__file__).resolve().parent / "data"
+TEMPLATE_CONFIG = DATA / "nightly_template.yaml"
+TEMPLATE = DATA / "nightly_template.json"
+# The template's failing cases, each one distinct cause (finding ID and culprit line), and the share
+# of the nightly's failures each cause gets: a shared helper breaks many cases, a one-off few.
+CAUSE_CASES = ("example_1_detached_ratio", "data_attribute", "example_2_argmax_loop", "sigmoid_inplace",
+               "pairwise_distance", "segfault", "broken_import")
+CAUSE_WEIGHTS = (30, 22, 16, 12, 10, 6, 4)
+WORDS = ("contrastive", "focal", "dice", "triplet", "margin", "ranking", "smooth_l1", "huber", "kl_div",
+         "info_nce", "tversky", "lovasz", "center", "arcface", "cosface", "poly", "wing", "chamfer")
+
+
+def refresh_template() -> None:
+    """Run tests/data/nightly_template.yaml and keep its results.json, machine paths scrubbed."""
+    import subprocess
+    import sys
+    import tempfile
+
+    repo = Path(__file__).resolve().parent.parent
+    with tempfile.TemporaryDirectory() as tmp:
+        subprocess.run([sys.executable, "-m", "gradaudit", "run", str(TEMPLATE_CONFIG), "-o", tmp],
+                       cwd=repo, check=False)
+        text = (Path(tmp) / "results.json").read_text(encoding="utf-8")
+    text = text.replace(str(repo) + "/", "")
+    text = re.sub(r'/[^"\s]*?/lib/python3\.\d+/', "/usr/lib/python3.11/", text)
+    text = re.sub(r"0x[0-9a-f]{16}", "0x00007f0000000000", text)
+    doc = json.loads(text)
+    doc["environment"]["executable"] = "/usr/bin/python3"
+    doc["config"]["path"] = "gradaudit.yaml"
+    doc["command"] = "gradaudit run gradaudit.yaml -o tonight --baseline last-night/results.json"
+    TEMPLATE.write_text(json.dumps(doc, indent=1) + "\n", encoding="utf-8")
+
+
+def _renamed(template: CaseResult, case: str, device: str, group: str) -> CaseResult:
+    result = CaseResult.from_dict(copy.deepcopy(template.to_dict()))
+    result.case, result.device, result.group = case, device, group
+    result.loss_ref = f"{group}:{case}"
+    result.reproduce = f"gradaudit run gradaudit.yaml --case {case} --device {device}"
+    return result
+
+
+def nightly_run(n_results: int = 2000, failing: int = 100, devices: tuple[str, ...] = ("cpu", "cuda"),
+                seed: int = 0, baseline: bool = True) -> RunResults:
+    """A nightly of `n_results` results (cases x devices) shaped like real ones.
+
+    `failing` results fail, from the len(CAUSE_CASES) = 7 distinct causes of the template (weighted
+    by CAUSE_WEIGHTS; a failing case fails on every device); besides them a few warnings, four
+    known-bad fixtures, and, against a baseline, the third cause's failures are new, the rest
+    still failing, and five passing cases are fixed. Failing cases are spread over the nightly,
+    as a sort by name spreads them.
+    """
+    rng = random.Random(seed)
+    by_case = {r["case"]: CaseResult.from_dict(r) for r in json.loads(TEMPLATE.read_text())["results"]}
+    n_cases = n_results // len(devices)
+    names = []
+    for i in range(n_cases):
+        word = WORDS[i % len(WORDS)]
+        names.append(f"{word}_loss_v{i // len(WORDS)}_{['batch', 'pairs', 'masked', 'weighted'][i % 4]}")
+    order = list(range(n_cases))
+    rng.shuffle(order)
+    fail_cases = failing // len(devices)
+    total = sum(CAUSE_WEIGHTS)
+    plan: dict[int, str] = {}
+    picked = iter(order)
+    for template, weight in zip(CAUSE_CASES, CAUSE_WEIGHTS, strict=True):
+        for _ in range(max(1, round(fail_cases * weight / total))):
+            plan[next(picked)] = template
+    extra = {next(picked): kind for kind in ["warn"] * 6 + ["expected"] * 2 + ["fixed"] * 5}
+    results = []
+    for i, case in enumerate(names):
+        group = f"losses.{WORDS[i % len(WORDS)]}"
+        for device in devices:
+            kind = extra.get(i)
+            if i in plan:
+                r = _renamed(by_case[plan[i]], case, device, group)
+                r.baseline = "new-failure" if plan[i] == CAUSE_CASES[2] else "still-failing"
+            elif kind == "expected":
+                r = _renamed(by_case[CAUSE_CASES[0]], case, device, group)
+                r.expected = True
+                r.baseline = "still-failing"
+            else:
+                r = _renamed(by_case["example_1_fixed"], case, device, group)
+                r.duration_s = round(rng.uniform(0.02, 0.4), 4)
+                r.inputs[0].grad_norm = round(rng.uniform(0.1, 9.0), 6)
+                if kind == "warn":
+                    r.status = "warn"
+                    r.findings = [Finding("loss-not-scalar", "warn", "the loss has shape [8], not a scalar; "
+                                          "it was reduced with sum() to audit it")]
+                    r.summary_line = r.findings[0].message
+                elif kind == "fixed":
+                    r.baseline = "fixed"
+            results.append(r)
+    run = RunResults.from_dict({k: v for k, v in json.loads(TEMPLATE.read_text()).items() if k != "results"})
+    run.results = results
+    run.sort()
+    if baseline:
+        counts = {m: sum(r.baseline == m for r in results) for m in ("new-failure", "still-failing", "fixed",
+                                                                       "new-case")}
+        run.baseline = {"path": "last-night/results.json", "started_at": "2026-11-25T03:00:12+00:00",
+                        "counts": counts, "gone": []}
+    else:
+        for r in results:
+            r.baseline = None
+    return run
+
+
+if __name__ == "__main__":
+    refresh_template()

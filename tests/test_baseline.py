@@ -12,7 +12,7 @@ from gradaudit.cli import exit_code_of
 from gradaudit.jsonreport import read_json
 from tests import reportdata
 from tests.conftest import LOSSES, by_case, check_contract
-from tests.htmltools import parse
+from tests.htmltools import page_data, parse
 
 
 @pytest.mark.parametrize(("old", "new", "mark"), [
@@ -80,10 +80,13 @@ def test_html_shows_the_marks():
     old = reportdata.sample_run([reportdata.passing("ratio_loss", group="losses.ratio")])
     new = reportdata.sample_run([reportdata.ratio_fail()])
     apply_baseline(new, old, "nightly/results.json")
-    tree = parse(__import__("gradaudit.htmlreport", fromlist=["render_html"]).render_html(new))
+    page = __import__("gradaudit.htmlreport", fromlist=["render_html"]).render_html(new)
+    tree = parse(page)
     assert "against nightly/results.json" in tree.find("p", cls="baseline-line").text
     marks = [m.text for m in tree.find_all("span", cls="bl-new-failure")]
-    assert marks == ["new failure", "new failure"]  # in the table and on the result
+    assert marks == ["1 new"]  # on the cause card; the table's marks are drawn from the data
+    (record,) = page_data(page)["results"]
+    assert record["bl"] == "new-failure" and record["blkey"] == "new"
 
 
 CONFIG = """\

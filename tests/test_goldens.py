@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import platform
 import re
 from datetime import datetime, timezone
@@ -16,6 +17,7 @@ from tests import goldtest, reportdata
 SCRUBS = [
     (r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?\+00:00", "TIMESTAMP"),
     (r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\+00:00", "TIMESTAMP"),
+    (r"\d{1,2} [A-Z][a-z]{2} \d{4}, \d\d:\d\d UTC", "READABLE_TIME"),
     (r'time="\d+\.\d+"', 'time="SECONDS"'),
     (r"\b\d+(\.\d+)? (ms|s)\b", "DURATION"),
     (r"\d+ min \d+ s", "DURATION"),
@@ -40,9 +42,13 @@ def realistic_run(tmp_path):
 
 
 def skeleton(page: str) -> str:
-    """The page without the bodies of the inlined CSS and JS (their own files are their record)."""
+    """The page without the bodies of the inlined CSS and JS (their own files are their record), and
+    its data block one key a line, so a change to the data reads as a diff."""
     page = re.sub(r"<style>.*?</style>", "<style>/* templates/report.css */</style>", page, flags=re.S)
-    return re.sub(r"<script>\n.*?</script>", "<script>/* templates/report.js */</script>", page, flags=re.S)
+    page = re.sub(r"<script>\n.*?</script>", "<script>/* templates/report.js */</script>", page, flags=re.S)
+    return re.sub(r'(<script type="application/json" id="gradaudit-data">)(.*?)(</script>)',
+                  lambda m: m[1] + "\n" + json.dumps(json.loads(m[2]), indent=1, ensure_ascii=False) + "\n" + m[3],
+                  page, flags=re.S)
 
 
 def test_html_skeleton(tmp_path):

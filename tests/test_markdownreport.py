@@ -8,7 +8,7 @@ import re
 from markdown_it import MarkdownIt
 
 from gradaudit.baseline import apply_baseline
-from gradaudit.markdownreport import MAX_ROWS, code_span, escape, write_markdown
+from gradaudit.markdownreport import MAX_DETAILS, MAX_ROWS, code_span, escape, write_markdown
 from tests import reportdata
 
 
@@ -41,23 +41,52 @@ def test_counts_and_verdict():
     assert dict(zip(names, values, strict=True)) == wanted
 
 
-def test_failing_cases_listed_bad_first_with_their_culprit_lines():
+def test_failing_cases_listed_by_cause_with_their_culprit_lines():
     run = reportdata.sample_run()
     text = render(run)
     rows = table_rows(text, "| case |")
     problems = [r for r in run.results if r.status not in ("pass", "skip")]
     assert len(rows) == len(problems)
     shown = [(row[0].strip("`"), row[2]) for row in rows]
-    # Unexpected failures first; the known-bad fixture and the warning after them.
-    assert shown[-2:] == [("known_bad", "FAIL (expected)"), ("per_sample", "WARN")]
-    # The culprit block: context lines, the culprit marked with ">".
-    block = re.search(r"\*\*`ratio_loss` \[cpu\]\*\* FAIL: partial-grad at `losses/ratio.py:7` in `ratio_loss`"
-                      r"\n\n```python\n(.*?)\n```", text, re.S)
+    # Unexpected failures first; the warning and the known-bad fixture after them.
+    assert shown[-2:] == [("per_sample", "WARN"), ("known_bad", "FAIL (expected)")]
+    # The culprit block of a cause: context lines, the culprit marked with ">".
+    block = re.search(r"\*\*\d\. partial-grad\*\* at `losses/ratio.py:7` in `ratio_loss`: FAIL in 1 result on cpu"
+                      r"\n\n.*?\n\n```python\n(.*?)\n```", text, re.S)
     assert block, text
     assert block.group(1).splitlines() == ["  5  def ratio_loss(predictions, targets):",
                                            "  6      a = predictions[:, 0]",
                                            "> 7      b = predictions[:, 1].detach()",
                                            "  8      return ((a / b - targets) ** 2).mean()"]
+
+
+def test_a_nightly_names_every_distinct_cause():
+    """2,000 results, 100 failing from 7 causes: every cause and its line is named, though rows are cut."""
+    from gradaudit.causes import group_by_cause
+
+    run = reportdata.nightly_run(2000)
+    text = render(run)
+    causes = [c for c in group_by_cause(run.results) if c.kind == "fail"]
+    assert len(causes) == 7
+    assert "### 7 causes of 100 failing results" in text
+    table = table_rows(text, "| # | cause |")
+    assert len(table) == 7 + 2  # and the warning and the known-bad fixture
+    for row, cause in zip(table, causes, strict=False):
+        assert row[1] == code_span(cause.id)
+        assert row[4] == str(len(cause.results))
+        assert row[6].startswith(code_span(cause.cases[0]))
+        if cause.where:
+            assert row[2].startswith(code_span(cause.where))
+    assert len(table_rows(text, "| case |")) == MAX_ROWS
+    needs_a_look = sum(len(c.results) for c in group_by_cause(run.results) if c.kind != "fixed")
+    assert needs_a_look == 100 + 12 + 4  # failures, warnings, known-bad fixtures
+    assert f"… and {needs_a_look - MAX_ROWS} more in the HTML report" in text
+    # The first causes show their culprit line; every located failing cause has its line in the text.
+    assert all(c.where in text for c in causes if c.where)
+    shown = [c for c in group_by_cause(run.results) if c.kind != "fixed"][:MAX_DETAILS]
+    assert text.count("```python") == sum(1 for c in shown if c.location and (c.location.context or c.location.code))
+    # The new failures' cause leads, and says how many are new.
+    assert table[0][5] == "16" and table[1][5] == "" and "16 new" in text
 
 
 def commonmark(text: str) -> str:
@@ -75,9 +104,9 @@ def test_no_links_and_no_raw_html():
     assert "<a " not in page and "<script" not in page and "<img" not in page and "<em>" not in page
     assert "&lt;script&gt;alert('x')&lt;/script&gt;" in page  # shown as text
     (row,) = table_rows(text, "| case |")
-    assert len(row) == 4, row  # the pipe in the message did not split the cell
-    problems_table = page.split("<table>")[2]
-    assert problems_table.split("<tbody>")[1].count("<td>") == 4
+    assert len(row) == 5, row  # the pipe in the message did not split the cell
+    problems_table = page.split("<table>")[3]
+    assert problems_table.split("<tbody>")[1].count("<td") == 5
     # The backticks in the source did not close the code block early.
     assert "``` &lt;script&gt;alert(1)&lt;/script&gt;\n  8      return" in page
 
@@ -89,10 +118,14 @@ def test_every_case_passed():
 
 def test_long_runs_stay_short():
     results = [reportdata.ratio_fail(case=f"c{i:03d}") for i in range(MAX_ROWS + 7)]
+    for i, r in enumerate(results[:MAX_DETAILS + 3]):
+        r.findings[1].location.line = 100 + i  # 13 distinct causes, then 44 results of one more
     text = render(reportdata.sample_run(results))
     assert len(table_rows(text, "| case |")) == MAX_ROWS
-    assert "… and 7 more in the HTML report." in text
-    assert text.count("```python") == 10
+    assert "… and 7 more in the HTML report" in text
+    assert len(table_rows(text, "| # | cause |")) == MAX_DETAILS + 4  # the causes table is never cut
+    assert text.count("```python") == MAX_DETAILS
+    assert "… and 4 more causes, each named in the table above." in text
 
 
 def test_baseline_column_and_line():
@@ -114,5 +147,5 @@ def test_backticked_code_becomes_code_spans():
     r = reportdata.ratio_fail(summary_line="`b = x.detach()` at r.py:7 cuts `x|y` off")
     text = render(reportdata.sample_run([r]))
     (row,) = table_rows(text, "| case |")
-    assert row[3] == "`b = x.detach()` at r.py:7 cuts `x\\|y` off"
+    assert row[4] == "`b = x.detach()` at r.py:7 cuts `x\\|y` off"
     assert "<code>b = x.detach()</code> at r.py:7 cuts <code>x|y</code> off" in commonmark(text)

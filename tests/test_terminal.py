@@ -61,3 +61,24 @@ def test_ci_logs_get_plain_unwrapped_lines():
     assert "Needs a look:" in text and long in text.replace("\n", "")
     assert any(long in line for line in text.splitlines())  # the culprit stays on one line
     assert "┃" not in text and "│" not in text
+
+
+def test_the_recap_groups_results_by_cause():
+    from tests import reportdata
+
+    run = reportdata.nightly_run(200, failing=20)
+    for terminal in (False, True):
+        stream = io.StringIO()
+        print_summary(run, Console(file=stream, width=200, force_terminal=terminal, color_system=None,
+                                   highlight=False))
+        text = stream.getvalue()
+        lines = text.splitlines()
+        heads = [n for n, line in enumerate(lines) if "sample_configs/seed_losses.py:17: " in line
+                 and "results" in line and line.lstrip().startswith("graph-break at")]
+        assert len(heads) == 1, text  # each cause is named once, above its results
+        # Below its heading come exactly its results (one line each, plain; a row each, on a terminal).
+        block = lines[heads[0] + 1:]
+        end = next(n for n, line in enumerate(block) if "graph-break at tests/losses" in line)
+        cases = {r.case for r in run.results if r.is_bad and "seed_losses.py:17" in r.summary_line}
+        assert {c for c in cases if any(c in line for line in block[:end])} == cases
+        assert "loss-error at sample_configs/seed_losses.py:41: 4 results (2 cases) on cpu, cuda, 4 new" in text
