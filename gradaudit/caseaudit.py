@@ -36,7 +36,7 @@ from gradaudit.loading import group_of
 from gradaudit.losscall import DrawOutcome, LoadError, LossCall, load_loss
 from gradaudit.model import CaseResult, ErrorInfo, Finding, status_of
 from gradaudit.parity import compare_draw, tolerances
-from gradaudit.tracks import StopRule
+from gradaudit.tracks import FIXED_INITS, StopRule
 
 _T = TypeVar("_T")
 
@@ -259,8 +259,9 @@ class CaseAudit:
                     self.result.error = ErrorInfo(type="NonfiniteGradient", message=nan_witness.error or
                                                   "a gradient holds NaN or Inf", traceback="",
                                                   anomaly_trace=nan_witness.trace)
+            fixed = [(i.name, i.init, list(i.shape)) for i in self.spec.inputs if i.init in FIXED_INITS]
             findings += explain.input_findings(record.tracks, record.draws, declared, "loss-nonfinite" in ids,
-                                               nan_witness)
+                                               nan_witness, fixed)
         ids = {f.id for f in findings}
         failing_draw = record.draws  # a backward that failed stopped the draws at this one
         facts = explain.TraceFacts(

@@ -15,11 +15,12 @@ import typer
 from rich.console import Console
 
 from gradaudit._version import __version__
-from gradaudit.errors import GradauditError, UsageError
+from gradaudit.errors import ConfigError, GradauditError, UsageError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_NOTHING_AUDITED = 5  # every result is skip (pytest's "no tests ran" code): a gate must not pass on that
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -86,10 +87,14 @@ def read_baseline(path: Path | None, fail_on: str = "fail"):
 
 
 def exit_code_of(results, fail_on: str = "fail") -> int:
-    """0 when every result passed (warnings too unless fail_on is warn), else 1.
+    """0 when every result passed (warnings too unless fail_on is warn), else 1; 5 when nothing
+    was audited (every result skip: say `--device cuda` on a machine without one).
 
-    With fail_on "new", only failures that the baseline did not already have count.
+    With fail_on "new", only failures that the baseline did not already have count. A shard that
+    holds no job at all audits nothing by design, and exits 0.
     """
+    if results.results and all(r.status == "skip" for r in results.results):
+        return EXIT_NOTHING_AUDITED
     if fail_on == "new":
         from gradaudit.baseline import new_failures
 
@@ -139,13 +144,14 @@ def run(
     = False,
 ) -> None:
     """Audit every case of CONFIG and write the report."""
-    from gradaudit.config import load_config
+    from gradaudit.config import check_device_names, load_config
     from gradaudit.runner import NOT_RUN, RunInterrupted, RunOptions
     from gradaudit.runner import run as run_config
-    from gradaudit.terminal import RunProgress, print_summary
+    from gradaudit.terminal import RunProgress, print_summary, verdict_line
 
     progress = RunProgress(console, quiet=quiet)
     try:
+        check_device_names(device or [])
         if no_isolate and jobs and jobs > 1:
             raise UsageError("--no-isolate audits one job at a time in this process; drop --jobs")
         if not no_isolate:
@@ -180,12 +186,17 @@ def run(
         err_console.print(f"gradaudit: interrupted; {finished} of {len(results.results)} jobs finished "
                           "and are in the report, the rest are skip", markup=False)
         raise typer.Exit(EXIT_INTERRUPTED)
-    raise typer.Exit(exit_code_of(results, fail_on.value))
+    code = exit_code_of(results, fail_on.value)
+    console.print(verdict_line(results, code, fail_on.value), markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
 
 
 @app.command()
 def validate(config: Annotated[Path, typer.Argument(help="The config file (YAML).")]) -> None:
-    """Check CONFIG's keys and import every loss, without running anything."""
+    """Check CONFIG's keys and import every loss, without running anything.
+
+    Exit 0: valid; 1: a loss cannot be imported or called with its inputs; 2: the config is invalid.
+    """
     from gradaudit.config import load_config
     from gradaudit.validate import check_losses
 
@@ -194,9 +205,9 @@ def validate(config: Annotated[Path, typer.Argument(help="The config file (YAML)
     except GradauditError as exc:
         _fail(exc)
     problems = check_losses(cfg)
-    for problem in problems:
-        err_console.print(problem, markup=False)
     if problems:
+        what = f"{len(problems)} loss{'es' if len(problems) != 1 else ''} cannot be imported or called"
+        err_console.print(f"error: {ConfigError(str(config), problems, what=what)}", markup=False)
         raise typer.Exit(EXIT_FAILED)
     names = {c.base_name for c in cfg.cases}
     console.print(f"{config}: ok ({len(names)} case{'s' if len(names) != 1 else ''}, "

@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 
 from gradaudit import schema
-from gradaudit.errors import ConfigError
+from gradaudit.errors import ConfigError, UsageError
 from gradaudit.findings import FINDINGS
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -79,9 +79,12 @@ class CaseSpec:
     # Settings added by later features that have no field yet: name -> value.
     extra: dict[str, Any] = field(default_factory=dict)
     line: int = 0  # where the case starts in the config, for messages
+    loss_where: str = ""  # `file:line:col: cases[i].loss`, where the case's loss is named
     # A live callable (or nn.Module) given through the Python API instead of importing `loss`;
     # it cannot travel to another process, so such a spec is audited in the caller's process.
     loss_obj: Any = field(default=None, repr=False, compare=False)
+    # The `gradaudit.audit()` arguments this spec came from (a case dict), for a runnable reproduce line.
+    api_case: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def draw_name(self) -> str:
@@ -165,13 +168,17 @@ class _Checker:
         self.problems: list[str] = []
 
     def error(self, path: tuple, message: str, on_key: bool = True) -> None:
+        self.problems.append(f"{self.at(path, on_key)}: {message}")
+
+    def at(self, path: tuple, on_key: bool = True) -> str:
+        """`file:line:col: key.path`: how every problem with this part of the config starts."""
         mark = (self.marks.key.get(path) if on_key else None) or self.marks.value.get(path)
         # Fall back to the nearest enclosing position we know.
         probe = path
         while mark is None and probe:
             probe = probe[:-1]
             mark = self.marks.key.get(probe) or self.marks.value.get(probe)
-        self.problems.append(_at(self.display, mark, _dotted(path), message))
+        return _at(self.display, mark, _dotted(path), "").removesuffix(": ")
 
     def check_keys(self, data: dict, path: tuple, allowed: list[str], required: list[str]) -> None:
         for key in data:
@@ -390,18 +397,48 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
             autocast=matrix.get("autocast") == "on", max_memory_mb=settings["max_memory_mb"], extra=extra,
             line=(c.marks.value.get(path).line + 1) if c.marks.value.get(path) else 0,
         ))
+    loss_where = c.at(_origin(defaults, case, path, "loss"), on_key=False)
+    for spec in specs:
+        spec.loss_where = loss_where  # `gradaudit validate` words import problems like config errors
     return specs
 
 
 DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+|mps)$")
+# Names people type for a device that torch calls otherwise.
+_DEVICE_ALIASES = {"gpu": "cuda", "nvidia": "cuda", "metal": "mps", "apple": "mps", "cpu0": "cpu"}
+_DEVICE_INDEXED = re.compile(r"^(?:cuda|gpu)\s*[-_: ]?\s*(\d+)$")
+
+
+def device_problem(name: object) -> str | None:
+    """Why `name` is not a device gradaudit audits on (with a "did you mean"), or None if it is one."""
+    if isinstance(name, str) and DEVICE_RE.match(name):
+        return None
+    text = str(name).strip().lower()
+    indexed = _DEVICE_INDEXED.match(text)
+    if DEVICE_RE.match(text):
+        guess = text
+    elif indexed:
+        guess = f"cuda:{int(indexed[1])}"
+    else:
+        guess = _DEVICE_ALIASES.get(text)
+    hint = f" (did you mean '{guess}'?)" if guess else _suggest(text, ("cpu", "cuda", "mps"))
+    return f"unknown device {name!r}{hint}: use cpu, cuda, cuda:N or mps"
+
+
+def check_device_names(names: list[str], flag: str = "--device") -> None:
+    """Raise UsageError for the first name that is not a device (a typo must not skip every case)."""
+    for name in names:
+        problem = device_problem(name)
+        if problem:
+            raise UsageError(f"{flag} {name}: {problem}")
 
 
 def _check_settings(settings: dict, defaults: dict, case: dict, path: tuple, c: _Checker) -> None:
     devices = settings.get("devices", [])
     for i, dev in enumerate(devices if isinstance(devices, list) else []):
-        if not isinstance(dev, str) or not DEVICE_RE.match(dev):
-            c.error(_origin(defaults, case, path, "devices") + (i,),
-                    f"unknown device {dev!r}: use cpu, cuda, cuda:N or mps", on_key=False)
+        problem = device_problem(dev)
+        if problem:
+            c.error(_origin(defaults, case, path, "devices") + (i,), problem, on_key=False)
     if isinstance(devices, list) and not devices:
         c.error(_origin(defaults, case, path, "devices"), "devices is empty")
     dtype = settings.get("dtype")

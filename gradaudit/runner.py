@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from gradaudit._version import __version__
-from gradaudit.config import CaseSpec, Config
+from gradaudit.config import CaseSpec, Config, check_device_names
 from gradaudit.errors import UsageError
 from gradaudit.jobs import audit_context, skipped
 from gradaudit.model import CaseResult, RunResults
@@ -54,6 +54,7 @@ class Job:
 
 def select_jobs(config: Config, options: RunOptions) -> list[Job]:
     """Expand the config into case x device jobs, in config order, applying the options."""
+    check_device_names(options.devices)
     specs = config.cases
     if options.case_globs:
         specs = [s for s in specs if any(fnmatch.fnmatchcase(s.name, g) or fnmatch.fnmatchcase(s.base_name, g)
