@@ -78,6 +78,11 @@ class Track:
         return self._counts
 
     @property
+    def counts_implicit(self) -> bool:
+        """Every draw with a gradient was dense (and there was one): the counts are `dense_draws`."""
+        return self._counts is None and self.dense_draws > 0
+
+    @property
     def ever_nonzero(self) -> torch.Tensor | None:
         return None if self.alive_counts is None else self.alive_counts > 0
 
@@ -182,11 +187,17 @@ class StopRule:
 
     def _decide(self, draws: int) -> list[Track]:
         audited = [t for t in self.tracks.values() if t.requires_grad and t.name not in self.declared
-                   and not t.nonfinite and t.alive_counts is not None and t.none_draws < t.draws]
+                   and not t.nonfinite and t.draws and t.none_draws < t.draws]
         if self._decided_at != draws:
             self._decided_at = draws
-            decisions = evidence.decide({t.name: t.alive_counts for t in audited}, draws, max_draws=self.cap,
-                                        alpha=FALSE_ALARM, identical_draws=self.identical)
-            for track in audited:
+            # A tensor dense in every draw so far has no counts to read: nothing of it is dead.
+            dense = [t for t in audited if t.counts_implicit]
+            counted = [t for t in audited if not t.counts_implicit]
+            decisions = evidence.decide({t.name: t.alive_counts for t in counted}, draws, max_draws=self.cap,
+                                        alpha=FALSE_ALARM, identical_draws=self.identical,
+                                        dense_shapes=[t.shape for t in dense])
+            for track in dense:
+                track.decision = evidence.Decision(evidence.NO_FINDING, 0.0)
+            for track in counted:
                 track.decision = decisions[track.name]
         return audited
