@@ -125,6 +125,10 @@ class DrawLoop:
                 track.add(out.grads.get(name))
                 if track.nonfinite and record.nonfinite_grad_draw is None:
                     record.nonfinite_grad_draw = draw
+        for obs in self.observers:  # an observer that compares draws (a compiled entry's eager twin)
+            done = getattr(obs, "draw_done", None)
+            if done is not None:
+                done(out)
         return True
 
     def _keep_warnings(self, out: DrawOutcome) -> None:
@@ -138,8 +142,9 @@ class DrawLoop:
         facts, draw, value = self.record.loss, out.draw, out.value
         if not isinstance(value, torch.Tensor):
             if isinstance(value, (int, float)) or type(value).__module__ == "numpy":
-                facts.info = LossInfo(value=float(value), shape=[], dtype=type(value).__name__,
-                                      requires_grad=False, grad_fn=None, finite=math.isfinite(float(value)))
+                number = _plain_float(value)
+                facts.info = LossInfo(value=number, shape=[], dtype=type(value).__name__, requires_grad=False,
+                                      grad_fn=None, finite=number is not None and math.isfinite(number))
                 facts.stop = "number"
             else:
                 facts.stop = "other"
@@ -174,3 +179,11 @@ class DrawLoop:
             facts.nonfinite_draw = draw
             facts.nonfinite_value = float(scalar)
         return True
+
+
+def _plain_float(value: Any) -> float | None:
+    """A Python or numpy number as a float; None for what has no single float (an array, 10**400)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None
