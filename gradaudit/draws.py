@@ -88,10 +88,11 @@ class DrawLoop:
 
     def run(self) -> DrawRecord:
         record = self.record
-        while self.one(record.draws):
-            record.draws += 1
-            if not self.rule.wants_more(record.draws):
-                break
+        with self.call.keeping_random_state():  # each draw seeds; the caller's state comes back once
+            while self.one(record.draws):
+                record.draws += 1
+                if not self.rule.wants_more(record.draws):
+                    break
         return record
 
     @contextlib.contextmanager
@@ -158,13 +159,17 @@ class DrawLoop:
                 picked=out.picked)
             if loss is not value:
                 facts.shape = list(value.shape)
-        if loss.is_floating_point() or loss.is_complex():
+        if loss.is_floating_point():  # the common case: one read of the value
+            number = float(loss.detach().float())  # as float32, as before: a float64 beyond its range is Inf
+            finite, scalar = math.isfinite(number), number
+        elif loss.is_complex():
             scalar = loss.detach().float().cpu()
             finite = bool(torch.isfinite(scalar).all())
         else:
             scalar, finite = loss.detach().double().cpu(), True
         if draw == 0 and facts.info is not None:
-            facts.info.value = float(scalar.real if scalar.is_complex() else scalar)
+            facts.info.value = float(scalar.real if isinstance(scalar, torch.Tensor) and scalar.is_complex()
+                                     else scalar)
             facts.info.finite = finite
         if not loss.requires_grad:
             facts.stop = "no-grad"
