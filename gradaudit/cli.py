@@ -15,11 +15,12 @@ import typer
 from rich.console import Console
 
 from gradaudit._version import __version__
-from gradaudit.errors import GradauditError, UsageError
+from gradaudit.errors import ConfigError, GradauditError, UsageError
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_NOTHING_AUDITED = 5  # every result is skip (pytest's "no tests ran" code): a gate must not pass on that
 EXIT_NOT_WRITTEN = 3  # the run finished but a report could not be written (results kept elsewhere)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
@@ -116,10 +117,14 @@ def read_baseline(path: Path | None, fail_on: str = "fail"):
 
 
 def exit_code_of(results, fail_on: str = "fail") -> int:
-    """0 when every result passed (warnings too unless fail_on is warn), else 1.
+    """0 when every result passed (warnings too unless fail_on is warn), else 1; 5 when nothing
+    was audited (every result skip: say `--device cuda` on a machine without one).
 
-    With fail_on "new", only failures that the baseline did not already have count.
+    With fail_on "new", only failures that the baseline did not already have count. A shard that
+    holds no job at all audits nothing by design, and exits 0.
     """
+    if results.results and all(r.status == "skip" for r in results.results):
+        return EXIT_NOTHING_AUDITED
     if fail_on == "new":
         from gradaudit.baseline import new_failures
 
@@ -129,6 +134,16 @@ def exit_code_of(results, fail_on: str = "fail") -> int:
     if fail_on == "warn" and any(r.status == "warn" for r in results.results):
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _backends(names: list[str] | None) -> list[str]:
+    """The --compile backends, checked for form; whether they are registered is the audit's to say."""
+    from gradaudit.config import BACKEND_RE
+
+    for name in names or []:
+        if not BACKEND_RE.match(name):
+            raise UsageError(f"--compile {name!r}: not a torch.compile backend name (e.g. inductor, aot_eager)")
+    return list(dict.fromkeys(names or []))
 
 
 def _fail(exc: GradauditError) -> None:
@@ -165,6 +180,9 @@ def run(
     timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds per case and device "
                                                      "(inf: no limit).")]
     = None,
+    compile_backends: Annotated[Optional[list[str]], typer.Option(
+        "--compile", metavar="BACKEND", help="Also audit every case under torch.compile with this backend "
+        "(repeatable), as case[compile=BACKEND], instead of the config's compile lists.")] = None,
     no_isolate: Annotated[bool, typer.Option("--no-isolate", help="Run in this process, one job at a time "
                                              "(debugging; a crash ends the run).")]
     = False,
@@ -173,17 +191,18 @@ def run(
 ) -> None:
     """Audit every case of CONFIG and write the report."""
     from gradaudit import interrupts
-    from gradaudit.config import load_config
+    from gradaudit.config import check_device_names, load_config
     from gradaudit.files import locked
     from gradaudit.runner import NOT_RUN, RunInterrupted, RunOptions, select_jobs
     from gradaudit.runner import run as run_config
     from gradaudit.sharding import parse_shard
-    from gradaudit.terminal import RunProgress, print_summary
+    from gradaudit.terminal import RunProgress, print_summary, verdict_line
 
     progress = RunProgress(console, quiet=quiet)
     stopped_by: Exception | None = None
     with interrupts.on_signals(last=True):
         try:
+            check_device_names(device or [])
             if no_isolate and jobs and jobs > 1:
                 raise UsageError("--no-isolate audits one job at a time in this process; drop --jobs")
             if not no_isolate:
@@ -194,7 +213,7 @@ def run(
             old = read_baseline(baseline, fail_on.value)
             options = RunOptions(case_globs=case or [], devices=device or [], seed=seed, timeout=timeout,
                                  command=shlex.join(["gradaudit", *sys.argv[1:]]), jobs=jobs, shard=shard,
-                                 isolate=not no_isolate)
+                                 isolate=not no_isolate, compile=_backends(compile_backends))
             # Every usage error before anything is created: a bad --case, --shard or --timeout.
             select_jobs(cfg, options)
             if shard:
@@ -234,12 +253,17 @@ def run(
         err_console.print(f"gradaudit: interrupted; {finished} of {len(results.results)} jobs finished "
                           "and are in the report, the rest are skip", markup=False)
         raise typer.Exit(EXIT_INTERRUPTED)
-    raise typer.Exit(exit_code_of(results, fail_on.value))
+    code = exit_code_of(results, fail_on.value)
+    console.print(verdict_line(results, code, fail_on.value), markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
 
 
 @app.command()
 def validate(config: Annotated[Path, typer.Argument(help="The config file (YAML).")]) -> None:
-    """Check CONFIG's keys and import every loss, without running anything."""
+    """Check CONFIG's keys and import every loss, without running anything.
+
+    Exit 0: valid; 1: a loss cannot be imported or called with its inputs; 2: the config is invalid.
+    """
     from gradaudit.config import load_config
     from gradaudit.validate import check_losses
 
@@ -248,9 +272,9 @@ def validate(config: Annotated[Path, typer.Argument(help="The config file (YAML)
     except GradauditError as exc:
         _fail(exc)
     problems = check_losses(cfg)
-    for problem in problems:
-        err_console.print(problem, markup=False)
     if problems:
+        what = f"{len(problems)} loss{'es' if len(problems) != 1 else ''} cannot be imported or called"
+        err_console.print(f"error: {ConfigError(str(config), problems, what=what)}", markup=False)
         raise typer.Exit(EXIT_FAILED)
     names = {c.base_name for c in cfg.cases}
     console.print(f"{config}: ok ({len(names)} case{'s' if len(names) != 1 else ''}, "

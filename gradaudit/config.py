@@ -6,6 +6,8 @@ raised together as one ConfigError, so a user fixes them in one pass. No torch h
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import difflib
 import hashlib
 import itertools
@@ -18,7 +20,7 @@ from typing import Any
 import yaml
 
 from gradaudit import schema
-from gradaudit.errors import ConfigError
+from gradaudit.errors import ConfigError, UsageError
 from gradaudit.findings import FINDINGS
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -76,19 +78,26 @@ class CaseSpec:
     gradcheck: bool = False
     gradcheck_elements: int = 64
     autocast: bool = False  # run the forward under torch.autocast for the device
+    per_sample: str | None = None  # the dim the loss reduces per-sample terms over (batchmix)
     max_memory_mb: int | None = None
+    # The torch.compile backend this entry audits the loss under; None: the eager loss.
+    compile: str | None = None
     # Settings added by later features that have no field yet: name -> value.
     extra: dict[str, Any] = field(default_factory=dict)
     line: int = 0  # where the case starts in the config, for messages
+    loss_where: str = ""  # `file:line:col: cases[i].loss`, where the case's loss is named
     # A live callable (or nn.Module) given through the Python API instead of importing `loss`;
     # it cannot travel to another process, so such a spec is audited in the caller's process.
     loss_obj: Any = field(default=None, repr=False, compare=False)
+    # The `gradaudit.audit()` arguments this spec came from (a case dict), for a runnable reproduce line.
+    api_case: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def draw_name(self) -> str:
         """The name that seeds the input draws: the case name without its precision axes, so
-        `case[dtype=float16]` audits the float32 draws of `case[dtype=float32]`, rounded."""
-        dims = [f"{d}={v}" for d, v in self.matrix.items() if d not in ("dtype", "autocast")]
+        `case[dtype=float16]` audits the float32 draws of `case[dtype=float32]`, rounded, and
+        `case[compile=inductor]` the draws of `case`."""
+        dims = [f"{d}={v}" for d, v in self.matrix.items() if d not in ("dtype", "autocast", "compile")]
         if len(dims) == len(self.matrix):
             return self.name
         return self.base_name + (f"[{','.join(dims)}]" if dims else "")
@@ -208,13 +217,17 @@ class _Checker:
         self.problems: list[str] = []
 
     def error(self, path: tuple, message: str, on_key: bool = True) -> None:
+        self.problems.append(f"{self.at(path, on_key)}: {message}")
+
+    def at(self, path: tuple, on_key: bool = True) -> str:
+        """`file:line:col: key.path`: how every problem with this part of the config starts."""
         mark = (self.marks.key.get(path) if on_key else None) or self.marks.value.get(path)
         # Fall back to the nearest enclosing position we know.
         probe = path
         while mark is None and probe:
             probe = probe[:-1]
             mark = self.marks.key.get(probe) or self.marks.value.get(probe)
-        self.problems.append(_at(self.display, mark, _dotted(path), message))
+        return _at(self.display, mark, _dotted(path), "").removesuffix(": ")
 
     def check_keys(self, data: dict, path: tuple, allowed: list[str], required: list[str]) -> None:
         for key in data:
@@ -388,9 +401,11 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
         c.typed(merged.get(key, {}), "map", _origin(defaults, case, path, key))
     dims_raw = merged.get("dims", {}) if isinstance(merged.get("dims", {}), dict) else {}
     for dim, value in dims_raw.items():
-        if (dim == "dtype" and settings.get("dtypes")) or (dim == "autocast" and settings.get("autocast")):
+        if (dim == "dtype" and settings.get("dtypes")) or (dim == "autocast" and settings.get("autocast")) \
+                or (dim == "compile" and settings.get("compile")):
             c.error(_origin(defaults, case, path, "dims") + (dim,),
-                    f"dim {dim!r} clashes with the precision matrix's {dim!r} axis: rename the dim")
+                    f"dim {dim!r} clashes with the {'compile' if dim == 'compile' else 'precision'} "
+                    f"matrix's {dim!r} axis: rename the dim")
         values = value if isinstance(value, list) else [value]
         if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
             c.error(_origin(defaults, case, path, "dims") + (dim,),
@@ -402,6 +417,8 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
     inputs_raw = inputs_raw or {}
     expect = _check_expect(merged.get("expect", {}), list(inputs_raw),
                            _origin(defaults, case, path, "expect"), c)
+    per_sample = _check_per_sample(merged.get("per_sample"), dims_raw, inputs_raw,
+                                   _origin(defaults, case, path, "per_sample"), c)
     if len(c.problems) > before or not isinstance(name, str):
         # Still check the inputs once so every problem is reported in one pass.
         _check_inputs(inputs_raw, {d: 1 for d in dims_raw}, settings.get("dtype", "float32"),
@@ -437,7 +454,7 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
         full_name = name + (("[" + ",".join(f"{d}={v}" for d, v in matrix.items()) + "]")
                             if matrix else "")
         extra = {k: settings[k] for k in EXTRA_SETTINGS if k in settings}
-        specs.append(CaseSpec(
+        eager = CaseSpec(
             name=full_name, base_name=name, loss=loss, inputs=inputs,
             init_kwargs=dict(merged.get("init_kwargs") or {}), kwargs=dict(merged.get("kwargs") or {}),
             dims=dims, matrix=matrix, expect=expect,
@@ -446,20 +463,91 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
             rtol=float(settings["rtol"]), atol=float(settings["atol"]),
             gradcheck=settings["gradcheck"], gradcheck_elements=settings["gradcheck_elements"],
             autocast=matrix.get("autocast") == "on", max_memory_mb=settings["max_memory_mb"], extra=extra,
+            per_sample=per_sample,
             line=(c.marks.value.get(path).line + 1) if c.marks.value.get(path) else 0,
-        ))
+        )
+        specs.append(eager)
+        specs.extend(compiled_entry(eager, backend) for backend in compile_backends(settings.get("compile")))
+    loss_where = c.at(_origin(defaults, case, path, "loss"), on_key=False)
+    for spec in specs:
+        spec.loss_where = loss_where  # `gradaudit validate` words import problems like config errors
     return specs
 
 
+def compile_backends(value: Any) -> list[str]:
+    """The backends a checked `compile` value names: `true` is `[inductor]`."""
+    if value is True:
+        return ["inductor"]
+    return list(value) if isinstance(value, list) else []
+
+
+def compiled_entry(eager: CaseSpec, backend: str) -> CaseSpec:
+    """The entry `case[...,compile=BACKEND]` beside an eager entry: the same case and draws."""
+    matrix = {**eager.matrix, "compile": backend}
+    name = eager.base_name + "[" + ",".join(f"{d}={v}" for d, v in matrix.items()) + "]"
+    return dataclasses.replace(eager, name=name, matrix=matrix, compile=backend,
+                               inputs=copy.deepcopy(eager.inputs), expect=copy.deepcopy(eager.expect))
+
+
+BACKEND_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+def _check_compile(value: Any, where: tuple, c: _Checker) -> None:
+    """`compile`: true, false or a list of backend names. Whether a name is registered is known only
+    after the loss module is imported (it may register its own), so the audit checks that."""
+    if isinstance(value, bool) or value is None:
+        return
+    if not isinstance(value, list):
+        c.error(where, f"compile must be true, false or a list of torch.compile backends such as "
+                f"[aot_eager, inductor], got {value!r}")
+        return
+    if not value:
+        c.error(where, "compile is empty: list torch.compile backends, e.g. [aot_eager, inductor], or "
+                "drop the key")
+    for i, name in enumerate(value):
+        if not isinstance(name, str) or not BACKEND_RE.match(name):
+            c.error(where + (i,), f"backend {name!r} must be a torch.compile backend name such as "
+                    "inductor or aot_eager", on_key=False)
+        elif value.index(name) != i:
+            c.error(where + (i,), f"backend {name!r} is listed twice", on_key=False)
+
+
 DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+|mps)$")
+# Names people type for a device that torch calls otherwise.
+_DEVICE_ALIASES = {"gpu": "cuda", "nvidia": "cuda", "metal": "mps", "apple": "mps", "cpu0": "cpu"}
+_DEVICE_INDEXED = re.compile(r"^(?:cuda|gpu)\s*[-_: ]?\s*(\d+)$")
+
+
+def device_problem(name: object) -> str | None:
+    """Why `name` is not a device gradaudit audits on (with a "did you mean"), or None if it is one."""
+    if isinstance(name, str) and DEVICE_RE.match(name):
+        return None
+    text = str(name).strip().lower()
+    indexed = _DEVICE_INDEXED.match(text)
+    if DEVICE_RE.match(text):
+        guess = text
+    elif indexed:
+        guess = f"cuda:{int(indexed[1])}"
+    else:
+        guess = _DEVICE_ALIASES.get(text)
+    hint = f" (did you mean '{guess}'?)" if guess else _suggest(text, ("cpu", "cuda", "mps"))
+    return f"unknown device {name!r}{hint}: use cpu, cuda, cuda:N or mps"
+
+
+def check_device_names(names: list[str], flag: str = "--device") -> None:
+    """Raise UsageError for the first name that is not a device (a typo must not skip every case)."""
+    for name in names:
+        problem = device_problem(name)
+        if problem:
+            raise UsageError(f"{flag} {name}: {problem}")
 
 
 def _check_settings(settings: dict, defaults: dict, case: dict, path: tuple, c: _Checker) -> None:
     devices = settings.get("devices", [])
     for i, dev in enumerate(devices if isinstance(devices, list) else []):
-        if not isinstance(dev, str) or not DEVICE_RE.match(dev):
-            c.error(_origin(defaults, case, path, "devices") + (i,),
-                    f"unknown device {dev!r}: use cpu, cuda, cuda:N or mps", on_key=False)
+        problem = device_problem(dev)
+        if problem:
+            c.error(_origin(defaults, case, path, "devices") + (i,), problem, on_key=False)
     if isinstance(devices, list) and not devices:
         c.error(_origin(defaults, case, path, "devices"), "devices is empty")
     dtype = settings.get("dtype")
@@ -489,6 +577,8 @@ def _check_settings(settings: dict, defaults: dict, case: dict, path: tuple, c: 
             c.error(_origin(defaults, case, path, key), f"{key} must not be negative")
     if isinstance(settings.get("max_memory_mb"), int) and settings["max_memory_mb"] < 1:
         c.error(_origin(defaults, case, path, "max_memory_mb"), "max_memory_mb must be at least 1")
+    if "compile" in settings:
+        _check_compile(settings["compile"], _origin(defaults, case, path, "compile"), c)
     if settings.get("timeout") == 0:
         c.error(_origin(defaults, case, path, "timeout"), "timeout must be positive")
 
@@ -518,6 +608,21 @@ def _check_expect(expect: Any, input_names: list[str], path: tuple, c: _Checker)
             c.error(path + ("status",), f"expect.status must be 'fail', got {status!r}")
         result.status = status
     return result
+
+
+def _check_per_sample(dim: Any, dims: dict, inputs: dict, path: tuple, c: _Checker) -> str | None:
+    """`per_sample` names a dim of `dims` that some input's shape uses."""
+    if dim is None:
+        return None
+    if not isinstance(dim, str) or dim not in dims:
+        c.error(path, f"must name a dim of dims ({', '.join(map(str, dims)) or 'none defined'}), "
+                f"got {dim!r}{_suggest(dim, dims)}")
+        return None
+    shapes = [spec.get("shape") for spec in inputs.values() if isinstance(spec, dict)]
+    if not any(isinstance(shape, list) and dim in shape for shape in shapes):
+        c.error(path, f"no input's shape uses dim {dim!r}, so there are no samples to compare")
+        return None
+    return dim
 
 
 def _check_inputs(inputs: dict, dims: dict[str, int], default_dtype: str, path: tuple,

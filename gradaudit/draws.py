@@ -124,6 +124,10 @@ class DrawLoop:
                 track.add(out.grads.get(name))
                 if track.nonfinite and record.nonfinite_grad_draw is None:
                     record.nonfinite_grad_draw = draw
+        for obs in self.observers:  # an observer that compares draws (a compiled entry's eager twin)
+            done = getattr(obs, "draw_done", None)
+            if done is not None:
+                done(out)
         return True
 
     def _keep_warnings(self, out: DrawOutcome) -> None:

@@ -152,8 +152,13 @@ def mixed_devices(exc: BaseException, device: str, hits: list[OpHit], root: Path
 # -- the gradients --------------------------------------------------------------------------
 
 def input_findings(tracks: dict[str, Track], draws: int, declared: set[str], loss_nonfinite: bool,
-                   nan_witness: AnomalyRecord | None) -> list[Finding]:
-    """input-disconnected, zero-grad, partial-grad and nonfinite-grad from the tracks' verdicts."""
+                   nan_witness: AnomalyRecord | None,
+                   fixed: list[tuple[str, str, list[int]]] | None = None) -> list[Finding]:
+    """input-disconnected, zero-grad, partial-grad and nonfinite-grad from the tracks' verdicts.
+
+    `fixed`: (name, init, shape) of the inputs that are the same in every draw; a zero pattern
+    may follow their values, and its finding says so.
+    """
     found = []
     nonfinite_located = False
     for name, track in tracks.items():
@@ -166,13 +171,13 @@ def input_findings(tracks: dict[str, Track], draws: int, declared: set[str], los
                                  "nothing in the loss depends on it through a differentiable path", input=name))
         elif verdict == "zero":
             found.append(finding("zero-grad", f"{shape} gets a gradient that is zero everywhere, "
-                                 f"in all {draws} draws", input=name))
+                                 f"in all {draws} draws" + fixed_note(track, fixed or []), input=name))
         elif verdict == "partial":
             pattern = track.pattern
             text, _ = describe_dead(pattern, name)
             found.append(finding("partial-grad", f"{text} never receives a gradient "
-                                 f"({int(pattern.sum())} of {pattern.numel()} elements, {draws} draws)",
-                                 input=name))
+                                 f"({int(pattern.sum())} of {pattern.numel()} elements, {draws} draws)"
+                                 + fixed_note(track, fixed or []), input=name))
         elif verdict == "nonfinite" and not loss_nonfinite:  # else the loss's finding says it
             node = nan_witness.node if nan_witness and not nonfinite_located else None
             location = nan_witness.location if nan_witness and not nonfinite_located else None
@@ -182,6 +187,22 @@ def input_findings(tracks: dict[str, Track], draws: int, declared: set[str], los
                                  f"value{'s' if track.nonfinite != 1 else ''}{where}", input=name,
                                  location=location, detail={"node": node} if node else None))
     return found
+
+
+def fixed_note(track: Track, fixed: list[tuple[str, str, list[int]]]) -> str:
+    """`; `target` is the same in every draw (value), so the pattern follows its values ...`."""
+    if not fixed:
+        return ""
+    dims = track.decision.dims if track.decision is not None else ()
+    sizes = {track.shape[d] for d in dims}
+    # First the fixed inputs that share a size with the dead slices (labels [B] beside rows of
+    # logits [B, C]), then the tensor itself where it is fixed, then the rest.
+    ranked = sorted(fixed, key=lambda f: (not sizes & set(f[2]), f[0] != track.name))[:3]
+    names = ", ".join(f"`{n}`" for n, _, _ in ranked)
+    one = len(ranked) == 1
+    return (f"; {names} {'is' if one else 'are'} the same in every draw ({ranked[0][1]}), so the pattern "
+            f"follows {'its' if one else 'their'} values (positions {'it masks' if one else 'they mask'} "
+            "or ignores): fixed, not chance")
 
 
 def parity_findings(mismatches: list[Mismatch], device: str, rtol: float, atol: float) -> list[Finding]:

@@ -25,6 +25,10 @@ FINDINGS: dict[str, tuple[str, str]] = {
     # Additions to the contract:
     "leaked-state": ("warn", "the loss left process-wide state changed (grad mode, default dtype, a patched "
                      "torch attribute, sys.modules, ...) for whatever runs after it"),
+    "compile-mismatch": ("fail", "the compiled loss or a gradient differs from eager beyond rtol/atol"),
+    "compile-error": ("fail", "compiling or running the compiled loss raised where eager did not"),
+    "compile-graph-break": ("info", "torch.compile (dynamo) breaks the graph at this line"),
+    "batch-mixing": ("fail", "a per_sample loss gives a sample a gradient that depends on other samples"),
 }
 
 

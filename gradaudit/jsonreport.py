@@ -11,6 +11,9 @@ from typing import IO
 from gradaudit.errors import ResultsError
 from gradaudit.model import SCHEMA, RunResults
 
+MAX_PROBLEMS = 15  # problems listed for one file: one screen
+SCHEMA_FILE = "results.schema.json"
+
 
 def write_json(results: RunResults, stream: IO[str]) -> None:
     """Write results as indented JSON."""
@@ -30,19 +33,32 @@ def finite_json(value):
 
 
 def read_json(path: str | Path) -> RunResults:
-    """Read a results.json; raise ResultsError naming the file when it is not one."""
+    """Read a results.json; raise ResultsError naming the file and every problem when it is not one.
+
+    The file is checked against the published schema first (gradaudit.resultschema), so a
+    malformed file reads as a short list of problems, never as a traceback from a reporter.
+    """
+    from gradaudit.resultschema import load_results, validate_results
+
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise ResultsError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = load_results(raw)
     except json.JSONDecodeError as exc:
         raise ResultsError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+    except ValueError as exc:
+        raise ResultsError(f"{path}: {exc}") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise ResultsError(f"{path}: not a gradaudit results file (schema {SCHEMA!r} expected)")
-    try:
-        return RunResults.from_dict(data)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ResultsError(f"{path}: malformed results: {exc}") from None
+    problems = validate_results(data)
+    if problems:
+        shown = "\n".join(f"  {path}: {p}" for p in problems[:MAX_PROBLEMS])
+        more = f"\n  ... and {len(problems) - MAX_PROBLEMS} more" if len(problems) > MAX_PROBLEMS else ""
+        raise ResultsError(f"{path}: not a valid results file (schema {SCHEMA}, "
+                           f"gradaudit/{SCHEMA_FILE}):\n{shown}{more}")
+    return RunResults.from_dict(data)
 
 
 def read_merged(paths: list[str | Path], warn: Callable[[str], None] | None = None) -> RunResults:

@@ -176,7 +176,11 @@ class LossCall:
     def inputs(self, draw: int) -> DrawInputs:
         """Draw `draw`'s inputs on the device: fresh leaves, and what the loss receives."""
         cpu = make_inputs(self.specs, self.spec.seed, self.draw_name or self.spec.draw_name, draw, self.root)
-        leaves = to_device(cpu, self.specs, self.device)
+        return self.place(cpu)
+
+    def place(self, cpu: Mapping[str, torch.Tensor]) -> DrawInputs:
+        """CPU-made inputs (a draw's, or one changed from it) on the device, as a draw receives them."""
+        leaves = to_device(dict(cpu), self.specs, self.device)
         received = {}
         for spec in self.specs:
             t = leaves[spec.name]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gradaudit import interrupts
 from gradaudit._version import __version__
-from gradaudit.config import CaseSpec, Config
+from gradaudit.config import CaseSpec, Config, check_device_names
 from gradaudit.errors import UsageError, WorkerStartError
 from gradaudit.jobs import audit_context, skipped
 from gradaudit.model import CaseResult, RunResults
@@ -37,6 +37,8 @@ class RunOptions:
     # True: audit in worker processes (what `gradaudit run` does unless --no-isolate). False, the
     # library default: in this process, where a caller's injected device layer or live loss lives.
     isolate: bool = False
+    # --compile: torch.compile backends to audit every case under, in place of the config's lists.
+    compile: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -53,12 +55,19 @@ class Job:
 
 def select_jobs(config: Config, options: RunOptions) -> list[Job]:
     """Expand the config into case x device jobs, in config order, applying the options."""
+    check_device_names(options.devices)
     if options.timeout is not None and not options.timeout > 0:  # NaN fails this too
         raise UsageError(f"--timeout {options.timeout:g}: give a positive number of seconds (inf: no limit)")
     specs = config.cases
+    if options.compile:
+        from gradaudit.config import compiled_entry
+
+        eager = [s for s in specs if s.compile is None]
+        specs = [e for s in eager for e in [s, *(compiled_entry(s, b) for b in options.compile)]]
     if options.case_globs:
-        specs = [s for s in specs if any(fnmatch.fnmatchcase(s.name, g) or fnmatch.fnmatchcase(s.base_name, g)
-                                         for g in options.case_globs)]
+        # An exact name first: `case[B=1]` is also a glob whose brackets match one character.
+        specs = [s for s in specs if any(s.name == g or fnmatch.fnmatchcase(s.name, g)
+                                         or fnmatch.fnmatchcase(s.base_name, g) for g in options.case_globs)]
         if not specs:
             raise UsageError(f"--case {' '.join(options.case_globs)} matches no case in "
                              f"{config.display_path}; cases are: "

@@ -8,21 +8,23 @@ draw could still decide something (`wants_more`), and the last word before the v
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
+from gradaudit import evidence
 from gradaudit.config import CaseSpec
 from gradaudit.model import InputResult
 from gradaudit.shapes import fold_map
 
-# A suspected zero pattern is confirmed by extra draws: the chance that elements which do get a
-# gradient now and then (at the rarer end of the observed rates) stayed zero in every draw by luck
-# must fall below FALSE_ALARM; an unconfirmed pattern at MAX_DRAWS is no finding.
-FALSE_ALARM = 1e-3
-RATE_QUANTILE = 0.1
-PRIOR_RATE = 0.5  # when no element ever got a gradient: how often one would, if it could
+# A suspected zero pattern is confirmed by extra draws until the case-wide odds that it is luck
+# fall below FALSE_ALARM (gradaudit.evidence decides); an unconfirmed pattern at MAX_DRAWS (or
+# `repeats`, if larger) is no finding.
+FALSE_ALARM = evidence.FALSE_ALARM
 MAX_DRAWS = 40
+# Inputs that are the same tensor in every draw: a zero pattern may follow their values.
+FIXED_INITS = ("value", "zeros", "ones", "full")
 
 
 @dataclass
@@ -40,6 +42,7 @@ class Track:
     norms: list[float] = field(default_factory=list)
     # Counting in bytes is a quarter of the memory traffic; wide enough unless repeats > 255.
     count_dtype: torch.dtype = torch.uint8
+    decision: evidence.Decision | None = None  # what the evidence says of its zero pattern
 
     def add(self, grad: torch.Tensor | None) -> None:
         self.draws += 1
@@ -69,26 +72,19 @@ class Track:
 
     # -- the decision -----------------------------------------------------------------------
     def false_alarm_odds(self) -> float:
-        """Expected number of dead elements that are only dead by chance, after these draws.
-
-        Elements that do get a gradient get it in some fraction of draws; a dead element with the
-        rate of the rarer live ones stays dead by chance with probability (1 - rate) ** draws.
-        """
-        counts = self.alive_counts
-        alive = counts[counts > 0]
-        if alive.numel():
-            rate = float(torch.quantile(alive.double() / self.draws, RATE_QUANTILE))
-        else:
-            rate = PRIOR_RATE
-        return self.dead * (1.0 - min(rate, 1.0)) ** self.draws
+        """The case-wide odds that its zero pattern is luck (gradaudit.evidence); inf if undecided."""
+        return self.decision.odds if self.decision is not None else math.inf
 
     @property
     def confirmed(self) -> bool:
-        return self.false_alarm_odds() < FALSE_ALARM
+        return self.decision is not None and self.decision.confirmed
 
     @property
     def pattern(self) -> torch.Tensor:
-        """The elements of its zero pattern: those that never got a gradient."""
+        """The elements of its confirmed zero pattern (a dead column, not the column plus the
+        elements dead by luck so far); undecided: every element that never got a gradient."""
+        if self.decision is not None and self.decision.mask is not None:
+            return self.decision.mask
         return ~self.ever_nonzero
 
     def verdict(self, draws: int) -> str:
@@ -120,27 +116,44 @@ class Track:
 
 
 class StopRule:
-    """The case-wide decision on the zero patterns of a case's tracks."""
+    """The case-wide decision on the zero patterns of a case's tracks (one false-alarm budget)."""
 
     def __init__(self, tracks: dict[str, Track], spec: CaseSpec) -> None:
         self.tracks = tracks
         self.repeats = spec.repeats
+        self.cap = max(spec.repeats, MAX_DRAWS)
         self.declared = set(spec.expect.no_grad)
+        # Every input the same in each draw: draws that agree add no evidence.
+        self.identical = all(i.init in FIXED_INITS for i in spec.inputs)
+        self._decided_at = -1  # the draw count of the last decision
+        self._next = 0  # no decision before this many draws: none before could confirm anything
+        self._watches: list[tuple[Track, evidence.Watch]] = []  # meanwhile, the still-dead elements
 
     def wants_more(self, draws: int) -> bool:
         """Draw again until every suspected zero pattern is confirmed or ruled out."""
         if draws < self.repeats:
             return True
-        if draws >= MAX_DRAWS:
+        if draws >= self.cap:
             return False
-        for track in self.tracks.values():
-            if not track.requires_grad or track.name in self.declared or track.nonfinite:
-                continue
-            if track.none_draws == track.draws or not track.dead:
-                continue
-            if not track.confirmed:
-                return True
-        return False
+        if draws < self._next and any(w.any_dead(t.alive_counts) for t, w in self._watches):
+            return True  # drawing on to the next decision, unless the pattern vanished
+        pending = [t for t in self._decide(draws) if t.decision is not None and t.decision.state == evidence.MORE]
+        self._next = draws + min((t.decision.wait for t in pending), default=1)
+        waiting = self._next > draws + 1
+        self._watches = [(t, evidence.Watch(t.alive_counts)) for t in pending] if waiting else []
+        return bool(pending)
 
     def settle(self, draws: int) -> None:
-        """Make the decision final before the verdicts are read (each track decides on its own today)."""
+        """Make the decision final before the verdicts are read."""
+        self._decide(draws)
+
+    def _decide(self, draws: int) -> list[Track]:
+        audited = [t for t in self.tracks.values() if t.requires_grad and t.name not in self.declared
+                   and not t.nonfinite and t.alive_counts is not None and t.none_draws < t.draws]
+        if self._decided_at != draws:
+            self._decided_at = draws
+            decisions = evidence.decide({t.name: t.alive_counts for t in audited}, draws, max_draws=self.cap,
+                                        alpha=FALSE_ALARM, identical_draws=self.identical)
+            for track in audited:
+                track.decision = decisions[track.name]
+        return audited

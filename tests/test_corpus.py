@@ -18,6 +18,8 @@ from typer.testing import CliRunner
 
 from tests.conftest import LOSSES, check_contract
 
+pytestmark = pytest.mark.slow  # whole runs: CI runs them, `-m "not slow"` (the fast lane) does not
+
 XY = "x: {shape: [B, C]}\n      y: {shape: [B, C]}"
 XT = "x: {shape: [B, C]}\n      t: {shape: [B, C], requires_grad: false}"
 X = "x: {shape: [B, C]}"

@@ -205,6 +205,7 @@ def test_import_errors_are_errors_of_that_case_alone(spine_run):
     assert code == 1
 
 
+@pytest.mark.slow
 def test_exit_codes(audit_config):
     good = textwrap.dedent("""\
         cases:
@@ -229,6 +230,7 @@ def test_inputs_of_a_draw_that_never_reached_a_gradient_are_not_called_ok(spine_
     assert {i["name"]: i["grad"] for i in r["inputs"]} == {"x": "none"}
 
 
+@pytest.mark.slow
 def test_many_repeats_do_not_wrap_the_gradient_counts(audit_config):
     """Counts are bytes by default; 256 draws must not wrap them round to zero."""
     _, doc = audit_config("""\

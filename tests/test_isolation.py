@@ -52,6 +52,7 @@ def _line_of(code: str) -> int:
     return next(i for i, text in enumerate(lines, 1) if code in text)
 
 
+@pytest.mark.slow
 def test_each_fault_costs_its_own_case_alone(audit_config):
     start = time.monotonic()
     code, doc = audit_config(FAULTS, "--jobs", "2", exit_code=1)
@@ -82,6 +83,7 @@ def test_each_fault_costs_its_own_case_alone(audit_config):
     assert wall < 60, wall
 
 
+@pytest.mark.slow
 def test_a_fresh_worker_takes_over_after_each_death(audit_config):
     code, doc = audit_config("""
         defaults: {devices: [cpu], timeout: 1}
@@ -95,6 +97,7 @@ def test_a_fresh_worker_takes_over_after_each_death(audit_config):
         "a_segfault": "crash", "b_good": "pass", "c_spins": "timeout", "d_good": "pass"}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="RLIMIT_AS is enforced on Linux")
 @pytest.mark.parametrize("isolate", [True, False], ids=["worker", "in-process"])
 def test_memory_guard_makes_a_runaway_allocation_an_error(audit_config, isolate):
@@ -134,6 +137,7 @@ def _scrubbed(doc: dict) -> list[dict]:
     return results
 
 
+@pytest.mark.slow
 def test_results_are_the_same_whatever_the_jobs(write_config, cli_invoke, tmp_path):
     from tests.test_findings import _config
 
@@ -155,6 +159,7 @@ def _verdicts(doc: dict) -> list:
             for r in doc["results"]]
 
 
+@pytest.mark.slow
 def test_no_isolate_still_writes_what_finished_when_a_crash_ends_the_run(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(textwrap.dedent(f"""
@@ -183,6 +188,7 @@ def _gradaudit(*args, **kwargs) -> subprocess.CompletedProcess:
                           text=True, env=env, timeout=300, **kwargs)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_an_interrupt_writes_the_finished_cases_and_exits_130(tmp_path, short_tmp, signum):
     lines = ["version: 1", f"sys_path: [{LOSSES}]", "defaults: {devices: [cpu]}", "cases:"]
@@ -223,6 +229,7 @@ def test_an_interrupt_writes_the_finished_cases_and_exits_130(tmp_path, short_tm
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["index.html", "results.json"]
 
 
+@pytest.mark.slow
 def test_help_does_not_import_torch():
     code = textwrap.dedent("""
         import sys
@@ -239,6 +246,7 @@ def test_help_does_not_import_torch():
     assert proc.stdout.split() == ["False", "False"]
 
 
+@pytest.mark.slow
 def test_a_worker_whose_device_context_is_poisoned_is_replaced(audit_config):
     config = """
         defaults: {devices: [cpu]}
@@ -257,6 +265,7 @@ def test_a_worker_whose_device_context_is_poisoned_is_replaced(audit_config):
     assert by_case(doc)["b_good"]["status"] == "error"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["file", "stdin"])
 def test_workers_do_not_rerun_the_callers_main_script(tmp_path, how):
     # A script without an `if __name__ == "__main__":` guard, run as a file or read from stdin.
@@ -301,6 +310,7 @@ def test_workers_openmp_threads_sleep_while_they_wait(audit_config):
     assert by_case(doc)["omp"]["status"] == "pass"
 
 
+@pytest.mark.slow
 def test_each_worker_gets_its_share_of_the_cores(audit_config):
     from gradaudit.runner import usable_cpus
 

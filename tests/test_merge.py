@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 
 import junitparser
+import pytest
 
 from tests.conftest import check_contract
 from tests.htmltools import page_data
 from tests.test_baseline import write
 
 
+@pytest.mark.slow
 def test_shards_merge_into_one_report(tmp_path, cli_invoke):
     one = write(tmp_path, "one.yaml", {"a_broken": "spine:raises", "b_good": "spine:raises_twin",
                                        "c_good": "spine:first_column_twin", "d_partial": "spine:first_column"})
@@ -46,6 +48,7 @@ def test_the_same_result_in_two_files_is_an_error(tmp_path, cli_invoke):
     assert not (tmp_path / "m").exists()
 
 
+@pytest.mark.slow
 def test_report_renders_every_format_without_importing_torch(tmp_path):
     """`gradaudit report` works from the plain results: no torch needed to re-render."""
     import subprocess

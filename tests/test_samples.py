@@ -8,6 +8,8 @@ import pytest
 
 from tests.conftest import REPO, by_case, check_contract, finding_ids, run_gradaudit
 
+pytestmark = pytest.mark.slow  # whole runs: CI runs them, `-m "not slow"` (the fast lane) does not
+
 SAMPLES = REPO / "sample_configs"
 
 
