@@ -193,8 +193,9 @@ def run(
     from gradaudit import interrupts
     from gradaudit.config import check_device_names, load_config
     from gradaudit.files import locked
-    from gradaudit.runner import NOT_RUN, RunInterrupted, RunOptions
+    from gradaudit.runner import NOT_RUN, RunInterrupted, RunOptions, select_jobs
     from gradaudit.runner import run as run_config
+    from gradaudit.sharding import parse_shard
     from gradaudit.terminal import RunProgress, print_summary, verdict_line
 
     progress = RunProgress(console, quiet=quiet)
@@ -213,6 +214,10 @@ def run(
             options = RunOptions(case_globs=case or [], devices=device or [], seed=seed, timeout=timeout,
                                  command=shlex.join(["gradaudit", *sys.argv[1:]]), jobs=jobs, shard=shard,
                                  isolate=not no_isolate, compile=_backends(compile_backends))
+            # Every usage error before anything is created: a bad --case, --shard or --timeout.
+            select_jobs(cfg, options)
+            if shard:
+                parse_shard(shard)
             check_outputs(output, json_path, junit, markdown)
             with locked(output, "-o"):
                 # In-process, a crash kills gradaudit itself: keep results.json current before each job.

@@ -101,18 +101,26 @@ def describe(path: Path) -> str:
 
 
 def check_folder(folder: Path, what: str) -> None:
-    """Make sure files can be written into `folder` (creating it), or raise UsageError now."""
+    """Make sure files can be written into `folder` (made at the first write), or raise UsageError.
+
+    Nothing is created: the folder, or the nearest folder above it that exists, gets a probe file
+    that is removed at once.
+    """
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"{what} {folder}: is a file, not a folder")
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{what} {folder}: cannot make a folder there: {existing} is a file")
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".gradaudit-probe-", dir=folder)
+        fd, probe = tempfile.mkstemp(prefix=".gradaudit-probe-", dir=existing)
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
         raise UsageError(f"{what} {folder}: cannot write there: {exc.strerror or exc}") from None
     with contextlib.suppress(OSError):
-        if shutil.disk_usage(folder).free < MIN_FREE_BYTES:
+        if shutil.disk_usage(existing).free < MIN_FREE_BYTES:
             raise UsageError(f"{what} {folder}: no space left on its disk")
 
 
@@ -140,6 +148,10 @@ def locked(folder: Path, what: str) -> Iterator[None]:
     except ImportError:
         yield
         return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"{what} {folder}: cannot make the folder: {exc.strerror or exc}") from None
     fd = os.open(folder, os.O_RDONLY)
     try:
         try:

@@ -158,7 +158,7 @@ class Snapshot:
             if obj is not was[stream][0]:
                 found.append(Change(f"replaced sys.{stream}"))
             elif closed and not was[stream][1]:
-                found.append(Change(f"closed sys.{stream}", restorable=False))
+                found.append(Change(f"closed sys.{stream}"))
         return found
 
     # -- putting it back ----------------------------------------------------------------------
@@ -193,8 +193,15 @@ class Snapshot:
             except Exception:  # noqa: BLE001 - what cannot be put back is reported below
                 pass
         for stream in ("stdout", "stderr"):
-            if getattr(sys, stream) is not was[stream][0]:
-                setattr(sys, stream, was[stream][0])
+            obj, closed_before = was[stream]
+            if getattr(sys, stream) is not obj:
+                setattr(sys, stream, obj)
+            if getattr(obj, "closed", False) and not closed_before:
+                try:
+                    _reopen(stream)
+                except (OSError, ValueError):
+                    continue
+                self.switches[stream] = (getattr(sys, stream), False)  # the stream cases start from now
         for change in self.changes():
             if change.undo is not None:
                 try:
@@ -280,6 +287,15 @@ def _set_variable(key: str, value: str | None) -> None:
         os.environ.pop(key, None)
     else:
         os.environ[key] = value
+
+
+def _reopen(stream: str) -> None:
+    """A fresh sys.stdout/sys.stderr on the same descriptor, where closing the stream left it open
+    (Python's own streams do not close their descriptor)."""
+    fd = 1 if stream == "stdout" else 2
+    old = getattr(sys, stream)
+    setattr(sys, stream, open(os.dup(fd), "w", encoding=getattr(old, "encoding", None) or "utf-8",  # noqa: SIM115
+                              errors=getattr(old, "errors", None) or "backslashreplace", buffering=1))
 
 
 def _pop_modes(length, pop, wanted: int) -> None:

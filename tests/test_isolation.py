@@ -802,3 +802,12 @@ def test_a_hostile_status_in_results_json_does_not_inject_html():
     stream = io.StringIO()
     write_markdown(reportdata.sample_run([hostile, expected, reportdata.ratio_fail(device="mps")]), stream)
     assert "<img" not in stream.getvalue().lower(), stream.getvalue()
+
+
+def test_no_isolate_survives_a_loss_that_closes_stdout(tmp_path):
+    proc, doc = _run_config(tmp_path, _case_lines([("a", "closes_stdout"), ("b", "good")]), "--no-isolate")
+    assert proc.returncode == 0, proc.stderr
+    results = by_case(doc)
+    assert results["b"]["status"] == "pass"
+    assert "closed sys.stdout" in results["a"]["summary_line"] and "restored it" in results["a"]["summary_line"]
+    assert "PASS    b [cpu]" in proc.stdout  # the terminal still works after the case
