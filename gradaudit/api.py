@@ -173,8 +173,9 @@ def prepare(loss: Callable | str, inputs: Mapping[str, Any], *, name: str | None
 
     case, display = build_case(loss, inputs, name=name, **settings)
     specs = case_specs(case, display)
-    if not isinstance(loss, str):
-        for spec in specs:
+    for spec in specs:
+        spec.api_case = case
+        if not isinstance(loss, str):
             spec.loss_obj = loss
     return specs
 
@@ -194,10 +195,62 @@ def run_specs(specs: list[CaseSpec], root: str | Path | None = None,
     # wants the loss's own breakpoints and prints.
     results = run(config, RunOptions(devices=list(devices or []), command=f"gradaudit.audit({ref})",
                                      isolate=False))
+    by_name = {spec.name: spec for spec in specs}
     for result in results.results:
-        result.reproduce = (f"gradaudit.audit({ref}, inputs=..., devices=[{result.device!r}], "
-                            f"seed={result.seed})")
+        spec = by_name.get(result.case)
+        result.reproduce = reproduce_call(spec, result.device, root) if spec is not None else ""
     return AuditResults.of(results)
+
+
+def reproduce_call(spec: CaseSpec, device: str, root: str | Path | None = None) -> str:
+    """One line of Python that audits this case on this device again, to paste into a shell or a cell.
+
+    The loss is named by its "module:qualname" where it can be imported, by its bare name where it
+    lives in `__main__` (a notebook or a script: paste the line there). A tensor input is written
+    out with its values up to 64 elements; a bigger one is left as a name to fill in.
+    """
+    case = dict(spec.api_case or {})
+    loss = case.pop("loss", spec.loss)
+    module, _, qualname = loss.rpartition(":")
+    loss_text = qualname if module == "__main__" and qualname.isidentifier() else repr(loss)
+    needs_torch = False
+    inputs = []
+    for input_name, data in (case.pop("inputs", None) or {}).items():
+        args = []
+        for key, value in data.items():
+            text, uses_torch = _python_value(value, input_name)
+            needs_torch |= uses_torch
+            args.append(f"{key}={text}")
+        inputs.append(f"{input_name!r}: Spec({', '.join(args)})")
+    case.pop("devices", None)
+    name = case.pop("name", None)
+    if spec.dims:  # the one entry of a dims matrix this result is (a one-value list keeps its name)
+        case["dims"] = {d: [v] if d in spec.matrix else v for d, v in spec.dims.items()}
+    if "dtype" in spec.matrix:
+        case["dtypes"] = [spec.matrix["dtype"]]
+    case["seed"] = spec.seed
+    settings = "".join(f", {key}={_python_value(value, key)[0]}" for key, value in case.items())
+    if name and name != _case_name(loss):
+        settings = f", name={name!r}" + settings
+    if root is not None:
+        settings += f", root={str(root)!r}"
+    imports = "import torch; " if needs_torch else ""
+    return (f"{imports}from gradaudit import Spec, audit; audit({loss_text}, inputs={{{', '.join(inputs)}}}, "
+            f"devices=[{device!r}]{settings})")
+
+
+def _python_value(value: Any, name: str) -> tuple[str, bool]:
+    """Python source for a config value (and whether it needs torch): tensors by value, small ones."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        if value.numel() <= 64:
+            dtype = str(value.dtype).removeprefix("torch.")
+            return f"torch.tensor({value.detach().cpu().tolist()!r}, dtype=torch.{dtype})", True
+        return f"{name}_tensor", False  # too big to write out: the tensor you passed as `name`
+    if callable(value) and not isinstance(value, type):
+        return repr(loss_ref(value)), False
+    return repr(value), False
 
 
 def audit(loss: Callable | str, inputs: Mapping[str, Any], *, name: str | None = None,

@@ -36,7 +36,8 @@ from gradaudit.loading import group_of
 from gradaudit.losscall import DrawOutcome, LoadError, LossCall, load_loss
 from gradaudit.model import CaseResult, ErrorInfo, Finding, status_of
 from gradaudit.parity import compare_draw, tolerances
-from gradaudit.tracks import StopRule
+from gradaudit.portability import unmoved_attributes
+from gradaudit.tracks import FIXED_INITS, StopRule
 
 _T = TypeVar("_T")
 
@@ -68,16 +69,18 @@ class CaseAudit:
         self.autocast = AUTOCAST_DTYPE.get(device.partition(":")[0], "float16") if spec.autocast else None
         # A non-CPU audit compares its first draw with the CPU's where the run audits this case on
         # the CPU too.
-        self.parity = device != "cpu" and "cpu" in spec.devices
+        # (A compiled entry compares with eager on its own device instead; see gradaudit.compiled.)
+        self.parity = device != "cpu" and "cpu" in spec.devices and not spec.compile
         self.free_memory = False
         self.result = CaseResult(
             case=spec.name, device=device, status="pass", seed=spec.seed, loss_ref=spec.loss,
             group=group_of(spec.loss),
             reproduce=(f"gradaudit run {shlex.quote(ctx.config_display)} --case {shlex.quote(spec.name)}"
-                       f" --device {device}"),
+                       f" --device {device}" + (f" --compile {shlex.quote(spec.compile)}" if spec.compile else "")),
         )
         self.findings: list[Finding] = []
         self.call: LossCall | None = None
+        self.compiled: Any = None  # the CompiledLoss of a `case[compile=BACKEND]` entry
         self.record = DrawRecord()
         self.rule = StopRule(self.record.tracks, spec)
 
@@ -87,8 +90,11 @@ class CaseAudit:
         try:
             if self._device_ready() and self._load():
                 self._draws()
-                if self.spec.gradcheck:
+                if self.spec.gradcheck and self.compiled is None:
                     self._gradcheck()
+                elif self.spec.gradcheck:
+                    self.result.gradcheck = {"skipped": "a compiled entry is compared with eager; "
+                                                        "gradcheck runs on the eager entry"}
                 if self.spec.per_sample:
                     self._batch_independence()
                 if self.parity and self.record.first is not None and self.result.status != "error":
@@ -113,10 +119,28 @@ class CaseAudit:
         except LoadError as exc:
             self._error(exc.cause, exc.what)
             return False
+        return self._compile_loss() if self.spec.compile else True
+
+    def _compile_loss(self) -> bool:
+        """A compiled entry audits the loss under torch.compile (compiled on its first call)."""
+        from gradaudit.compiled import CompiledLoss, UnknownBackend
+
+        call = self.call
+        dtypes = [i.dtype for i in self.spec.inputs] + ([self.autocast] if self.autocast else [])
+        dtypes += [str(p.dtype).removeprefix("torch.") for p in call.params.values()]
+        try:
+            self.compiled = CompiledLoss(call.fn, self.spec.compile, [i.name for i in self.spec.inputs],
+                                         call.params, self.ctx.root, self.spec.rtol, self.spec.atol, dtypes,
+                                         self.layer.generator(self.device))
+        except UnknownBackend as exc:
+            self._error(exc, "cannot compile")
+            return False
+        call.fn = self.compiled
         return True
 
     def _draws(self) -> None:
-        loop = DrawLoop(self.call, self.spec, self.ctx.observers, keep_first=self.parity)
+        observers = [*self.ctx.observers, self.compiled] if self.compiled is not None else self.ctx.observers
+        loop = DrawLoop(self.call, self.spec, observers, keep_first=self.parity)
         self.rule = loop.rule
         self.record = loop.run()
         self.result.warnings = list(self.record.warnings)
@@ -278,8 +302,9 @@ class CaseAudit:
                     self.result.error = ErrorInfo(type="NonfiniteGradient", message=nan_witness.error or
                                                   "a gradient holds NaN or Inf", traceback="",
                                                   anomaly_trace=nan_witness.trace)
+            fixed = [(i.name, i.init, list(i.shape)) for i in self.spec.inputs if i.init in FIXED_INITS]
             findings += explain.input_findings(record.tracks, record.draws, declared, "loss-nonfinite" in ids,
-                                               nan_witness)
+                                               nan_witness, fixed)
         ids = {f.id for f in findings}
         failing_draw = record.draws  # a backward that failed stopped the draws at this one
         facts = explain.TraceFacts(
@@ -288,6 +313,7 @@ class CaseAudit:
                   if f.id == "partial-grad" and f.input in record.tracks},
             conflict=self._witness(witnesses.version_conflict, call, failing_draw)
             if "inplace-version-conflict" in ids else None)
+        self._where_facts(facts, findings)
         for obs in self.ctx.observers:
             take = getattr(obs, "take", None)
             if take is None:
@@ -306,13 +332,36 @@ class CaseAudit:
         return explain.explain_nonfinite(findings, record.tracks, node, op, self._low_precision(),
                                          bool(self.autocast))
 
+    def _where_facts(self, facts: explain.TraceFacts, findings: list[Finding]) -> None:
+        """The witnesses of issue 11 (a Function's backward returning None, the op that selected the
+        live part, plain module attributes) and the gradients' zero counts, into `facts`."""
+        record, call = self.record, self.call
+        if call is None or not record.draws:
+            return
+        ids = {f.id for f in findings}
+        if ids & {"input-disconnected", "zero-grad"}:
+            facts.none_grads = self._witness(witnesses.none_grads, call, 0) or []
+        if facts.dead:
+            facts.selections = self._witness(witnesses.selections, call, 0, facts.dead) or {}
+        if call.module is not None:
+            facts.unmoved = unmoved_attributes(call.module)
+            if facts.unmoved:
+                facts.attributes = self._witness(witnesses.attribute_uses, call, 0, facts.unmoved)
+        for name, track in record.tracks.items():
+            if track.requires_grad and track.alive_counts is not None and track.draws:
+                total = track.alive_counts.numel() * track.draws
+                facts.zeros[name] = (total - int(track.alive_counts.sum()), total, track.draws)
+
     def finish(self) -> CaseResult:
         """Turn the draws into input verdicts, findings and a status, applying `expect`."""
         result = self.result
         result.draws = self.record.draws
         if result.status != "error":
             ignored = set(self.spec.expect.ignore)
-            findings = [f for f in self._explained() if f.id not in ignored]
+            findings = self._explained()
+            if self.compiled is not None:
+                findings = self.compiled.review(findings)
+            findings = [f for f in findings if f.id not in ignored]
             findings.sort(key=lambda f: -f.rank)
             result.findings = findings
             result.status = status_of(findings)
@@ -331,6 +380,9 @@ class CaseAudit:
                     obs.take()
         if self.record.draws or result.loss is not None:
             result.inputs = [t.to_result(self.record.draws) for t in self.record.tracks.values()]
+        if self.compiled is not None:
+            result.compile = self.compiled.info()
+            result.warnings += self.compiled.notes()
         result.summary_line = summary_line(result)
         return result
 

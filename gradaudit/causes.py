@@ -31,6 +31,7 @@ class Cause:
     function: str = ""
     location: Location | None = None
     results: list[CaseResult] = field(default_factory=list)
+    second: Location | None = None  # the finding's second line (the op that saved what an in-place op changed)
 
     @property
     def key(self) -> tuple[str, str, str]:
@@ -122,7 +123,7 @@ def _cause_of(result: CaseResult, kind: str) -> Cause:
     finding = cause_finding(result) if result.status != "error" or result.findings else None
     if finding is not None:
         loc = finding.location
-        return Cause(ident, where, kind, finding.message, loc.function if loc else "", loc)
+        return Cause(ident, where, kind, finding.message, loc.function if loc else "", loc, second=finding.second)
     if result.error is not None:
         frame = first_user_frame(result.error.traceback)
         code = " ".join(frame.text[1].split()) if frame is not None and len(frame.text) > 1 else ""

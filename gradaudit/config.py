@@ -6,9 +6,12 @@ raised together as one ConfigError, so a user fixes them in one pass. No torch h
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import difflib
 import hashlib
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +20,7 @@ from typing import Any
 import yaml
 
 from gradaudit import schema
-from gradaudit.errors import ConfigError
+from gradaudit.errors import ConfigError, UsageError
 from gradaudit.findings import FINDINGS
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
@@ -77,18 +80,24 @@ class CaseSpec:
     autocast: bool = False  # run the forward under torch.autocast for the device
     per_sample: str | None = None  # the dim the loss reduces per-sample terms over (batchmix)
     max_memory_mb: int | None = None
+    # The torch.compile backend this entry audits the loss under; None: the eager loss.
+    compile: str | None = None
     # Settings added by later features that have no field yet: name -> value.
     extra: dict[str, Any] = field(default_factory=dict)
     line: int = 0  # where the case starts in the config, for messages
+    loss_where: str = ""  # `file:line:col: cases[i].loss`, where the case's loss is named
     # A live callable (or nn.Module) given through the Python API instead of importing `loss`;
     # it cannot travel to another process, so such a spec is audited in the caller's process.
     loss_obj: Any = field(default=None, repr=False, compare=False)
+    # The `gradaudit.audit()` arguments this spec came from (a case dict), for a runnable reproduce line.
+    api_case: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def draw_name(self) -> str:
         """The name that seeds the input draws: the case name without its precision axes, so
-        `case[dtype=float16]` audits the float32 draws of `case[dtype=float32]`, rounded."""
-        dims = [f"{d}={v}" for d, v in self.matrix.items() if d not in ("dtype", "autocast")]
+        `case[dtype=float16]` audits the float32 draws of `case[dtype=float32]`, rounded, and
+        `case[compile=inductor]` the draws of `case`."""
+        dims = [f"{d}={v}" for d, v in self.matrix.items() if d not in ("dtype", "autocast", "compile")]
         if len(dims) == len(self.matrix):
             return self.name
         return self.base_name + (f"[{','.join(dims)}]" if dims else "")
@@ -117,27 +126,69 @@ class _Marks:
         self.value: dict[tuple, yaml.Mark] = {}
 
 
+# Bounds on what a config may expand to. YAML aliases repeat whole blocks, so a few hundred bytes
+# can stand for billions of values ("billion laughs"); a block may even contain itself.
+MAX_DEPTH = 64  # nesting of mappings and lists
+MAX_VALUES = 200_000  # values after aliases are expanded (a 1,000-case config holds about 30,000)
+MAX_CASES = 10_000  # cases after dims matrices and precision axes are expanded
+
+
+class _TooBig(Exception):
+    """The YAML expands past a bound; `problem` says which, where."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
+class _Budget:
+    def __init__(self) -> None:
+        self.values = 0
+        self.open: set[int] = set()  # the nodes being built, to find one that contains itself
+
+
 def _build(loader: yaml.SafeLoader, node: yaml.Node, path: tuple, marks: _Marks, problems: list,
-           display: str) -> Any:
+           display: str, budget: _Budget | None = None) -> Any:
     """Turn a composed YAML node into Python data, recording where each piece sits."""
+    budget = budget or _Budget()
+    budget.values += 1
+    if budget.values > MAX_VALUES:
+        raise _TooBig(_at(display, node.start_mark, _dotted(path),
+                          f"the config expands to more than {MAX_VALUES:,} values: YAML aliases (*name) "
+                          "repeat whole blocks; repeat less"))
+    if len(path) > MAX_DEPTH:
+        raise _TooBig(_at(display, node.start_mark, _dotted(path[:3]) + " ...",
+                          f"nested more than {MAX_DEPTH} levels deep"))
     marks.value[path] = node.start_mark
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        if id(node) in budget.open:
+            raise _TooBig(_at(display, node.start_mark, _dotted(path),
+                              "a YAML alias refers to a block that contains it (a recursive alias)"))
+        budget.open.add(id(node))
+        try:
+            return _build_collection(loader, node, path, marks, problems, display, budget)
+        finally:
+            budget.open.discard(id(node))
+    return loader.construct_object(node, deep=True)
+
+
+def _build_collection(loader, node, path: tuple, marks: _Marks, problems: list, display: str,
+                      budget: _Budget) -> Any:
     if isinstance(node, yaml.MappingNode):
         data: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            if isinstance(key, (list, dict)):
+            if not isinstance(key_node, yaml.ScalarNode):
                 problems.append(_at(display, key_node.start_mark, _dotted(path), "a key must be a name"))
                 continue
+            key = loader.construct_object(key_node, deep=True)
             if key in data:
                 problems.append(_at(display, key_node.start_mark, _dotted(path + (key,)),
                                     f"duplicate key '{key}'"))
             marks.key[path + (key,)] = key_node.start_mark
-            data[key] = _build(loader, value_node, path + (key,), marks, problems, display)
+            data[key] = _build(loader, value_node, path + (key,), marks, problems, display, budget)
         return data
-    if isinstance(node, yaml.SequenceNode):
-        return [_build(loader, item, path + (i,), marks, problems, display)
-                for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+    return [_build(loader, item, path + (i,), marks, problems, display, budget)
+            for i, item in enumerate(node.value)]
 
 
 def _dotted(path: tuple) -> str:
@@ -166,13 +217,17 @@ class _Checker:
         self.problems: list[str] = []
 
     def error(self, path: tuple, message: str, on_key: bool = True) -> None:
+        self.problems.append(f"{self.at(path, on_key)}: {message}")
+
+    def at(self, path: tuple, on_key: bool = True) -> str:
+        """`file:line:col: key.path`: how every problem with this part of the config starts."""
         mark = (self.marks.key.get(path) if on_key else None) or self.marks.value.get(path)
         # Fall back to the nearest enclosing position we know.
         probe = path
         while mark is None and probe:
             probe = probe[:-1]
             mark = self.marks.key.get(probe) or self.marks.value.get(probe)
-        self.problems.append(_at(self.display, mark, _dotted(path), message))
+        return _at(self.display, mark, _dotted(path), "").removesuffix(": ")
 
     def check_keys(self, data: dict, path: tuple, allowed: list[str], required: list[str]) -> None:
         for key in data:
@@ -221,6 +276,10 @@ def load_config(path: str | Path, display_path: str | None = None) -> Config:
         mark = getattr(exc, "problem_mark", None)
         reason = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(display, [_at(display, mark, "(yaml)", f"not valid YAML: {reason}")]) from None
+    except _TooBig as exc:
+        raise ConfigError(display, [exc.problem]) from None
+    except RecursionError:
+        raise ConfigError(display, [f"{display}: (yaml): nested too deeply to read"]) from None
     if problems:
         raise ConfigError(display, problems)
     checker = _Checker(display, marks)
@@ -272,6 +331,10 @@ def _check_top(data: Any, c: _Checker, root: Path) -> tuple[list[CaseSpec], list
                 c.error(path + ("name",), f"duplicate case name '{name}' (first at case {seen[name]})")
             seen.setdefault(name, i)
         specs.extend(_check_case(case, defaults, path, c))
+        if len(specs) > MAX_CASES:
+            c.error(path, f"the config expands to more than {MAX_CASES:,} cases by here (dims matrices "
+                    "included): split it into several configs")
+            break
     return specs, sys_path
 
 
@@ -338,9 +401,11 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
         c.typed(merged.get(key, {}), "map", _origin(defaults, case, path, key))
     dims_raw = merged.get("dims", {}) if isinstance(merged.get("dims", {}), dict) else {}
     for dim, value in dims_raw.items():
-        if (dim == "dtype" and settings.get("dtypes")) or (dim == "autocast" and settings.get("autocast")):
+        if (dim == "dtype" and settings.get("dtypes")) or (dim == "autocast" and settings.get("autocast")) \
+                or (dim == "compile" and settings.get("compile")):
             c.error(_origin(defaults, case, path, "dims") + (dim,),
-                    f"dim {dim!r} clashes with the precision matrix's {dim!r} axis: rename the dim")
+                    f"dim {dim!r} clashes with the {'compile' if dim == 'compile' else 'precision'} "
+                    f"matrix's {dim!r} axis: rename the dim")
         values = value if isinstance(value, list) else [value]
         if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
             c.error(_origin(defaults, case, path, "dims") + (dim,),
@@ -367,6 +432,13 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
     if settings.get("autocast"):
         matrix_axes.append(("autocast", ["off", "on"]))
     specs = []
+    count = math.prod(len(v) for _, v in matrix_axes)
+    if count > MAX_CASES:
+        c.error(_origin(defaults, case, path, "dims" if "dims" in merged else "dtypes"),
+                f"case {name!r} expands to {count:,} cases "
+                f"({' x '.join(str(len(v)) for _, v in matrix_axes)}); at most {MAX_CASES:,} per config: "
+                "list fewer values, or split the matrix over several cases or configs")
+        return []
     combos = list(itertools.product(*[v for _, v in matrix_axes])) if matrix_axes else [()]
     for combo in combos:
         matrix = {d: v for (d, _), v in zip(matrix_axes, combo, strict=True)}
@@ -382,7 +454,7 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
         full_name = name + (("[" + ",".join(f"{d}={v}" for d, v in matrix.items()) + "]")
                             if matrix else "")
         extra = {k: settings[k] for k in EXTRA_SETTINGS if k in settings}
-        specs.append(CaseSpec(
+        eager = CaseSpec(
             name=full_name, base_name=name, loss=loss, inputs=inputs,
             init_kwargs=dict(merged.get("init_kwargs") or {}), kwargs=dict(merged.get("kwargs") or {}),
             dims=dims, matrix=matrix, expect=expect,
@@ -393,19 +465,89 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
             autocast=matrix.get("autocast") == "on", max_memory_mb=settings["max_memory_mb"], extra=extra,
             per_sample=per_sample,
             line=(c.marks.value.get(path).line + 1) if c.marks.value.get(path) else 0,
-        ))
+        )
+        specs.append(eager)
+        specs.extend(compiled_entry(eager, backend) for backend in compile_backends(settings.get("compile")))
+    loss_where = c.at(_origin(defaults, case, path, "loss"), on_key=False)
+    for spec in specs:
+        spec.loss_where = loss_where  # `gradaudit validate` words import problems like config errors
     return specs
 
 
+def compile_backends(value: Any) -> list[str]:
+    """The backends a checked `compile` value names: `true` is `[inductor]`."""
+    if value is True:
+        return ["inductor"]
+    return list(value) if isinstance(value, list) else []
+
+
+def compiled_entry(eager: CaseSpec, backend: str) -> CaseSpec:
+    """The entry `case[...,compile=BACKEND]` beside an eager entry: the same case and draws."""
+    matrix = {**eager.matrix, "compile": backend}
+    name = eager.base_name + "[" + ",".join(f"{d}={v}" for d, v in matrix.items()) + "]"
+    return dataclasses.replace(eager, name=name, matrix=matrix, compile=backend,
+                               inputs=copy.deepcopy(eager.inputs), expect=copy.deepcopy(eager.expect))
+
+
+BACKEND_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+def _check_compile(value: Any, where: tuple, c: _Checker) -> None:
+    """`compile`: true, false or a list of backend names. Whether a name is registered is known only
+    after the loss module is imported (it may register its own), so the audit checks that."""
+    if isinstance(value, bool) or value is None:
+        return
+    if not isinstance(value, list):
+        c.error(where, f"compile must be true, false or a list of torch.compile backends such as "
+                f"[aot_eager, inductor], got {value!r}")
+        return
+    if not value:
+        c.error(where, "compile is empty: list torch.compile backends, e.g. [aot_eager, inductor], or "
+                "drop the key")
+    for i, name in enumerate(value):
+        if not isinstance(name, str) or not BACKEND_RE.match(name):
+            c.error(where + (i,), f"backend {name!r} must be a torch.compile backend name such as "
+                    "inductor or aot_eager", on_key=False)
+        elif value.index(name) != i:
+            c.error(where + (i,), f"backend {name!r} is listed twice", on_key=False)
+
+
 DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+|mps)$")
+# Names people type for a device that torch calls otherwise.
+_DEVICE_ALIASES = {"gpu": "cuda", "nvidia": "cuda", "metal": "mps", "apple": "mps", "cpu0": "cpu"}
+_DEVICE_INDEXED = re.compile(r"^(?:cuda|gpu)\s*[-_: ]?\s*(\d+)$")
+
+
+def device_problem(name: object) -> str | None:
+    """Why `name` is not a device gradaudit audits on (with a "did you mean"), or None if it is one."""
+    if isinstance(name, str) and DEVICE_RE.match(name):
+        return None
+    text = str(name).strip().lower()
+    indexed = _DEVICE_INDEXED.match(text)
+    if DEVICE_RE.match(text):
+        guess = text
+    elif indexed:
+        guess = f"cuda:{int(indexed[1])}"
+    else:
+        guess = _DEVICE_ALIASES.get(text)
+    hint = f" (did you mean '{guess}'?)" if guess else _suggest(text, ("cpu", "cuda", "mps"))
+    return f"unknown device {name!r}{hint}: use cpu, cuda, cuda:N or mps"
+
+
+def check_device_names(names: list[str], flag: str = "--device") -> None:
+    """Raise UsageError for the first name that is not a device (a typo must not skip every case)."""
+    for name in names:
+        problem = device_problem(name)
+        if problem:
+            raise UsageError(f"{flag} {name}: {problem}")
 
 
 def _check_settings(settings: dict, defaults: dict, case: dict, path: tuple, c: _Checker) -> None:
     devices = settings.get("devices", [])
     for i, dev in enumerate(devices if isinstance(devices, list) else []):
-        if not isinstance(dev, str) or not DEVICE_RE.match(dev):
-            c.error(_origin(defaults, case, path, "devices") + (i,),
-                    f"unknown device {dev!r}: use cpu, cuda, cuda:N or mps", on_key=False)
+        problem = device_problem(dev)
+        if problem:
+            c.error(_origin(defaults, case, path, "devices") + (i,), problem, on_key=False)
     if isinstance(devices, list) and not devices:
         c.error(_origin(defaults, case, path, "devices"), "devices is empty")
     dtype = settings.get("dtype")
@@ -428,10 +570,15 @@ def _check_settings(settings: dict, defaults: dict, case: dict, path: tuple, c: 
             c.error(_origin(defaults, case, path, key), f"{key} must be at least 1")
     for key in ("timeout", "rtol", "atol"):
         value = settings.get(key)
-        if isinstance(value, (int, float)) and value < 0:
+        if isinstance(value, float) and math.isnan(value):
+            c.error(_origin(defaults, case, path, key), f"{key} must be a number, not NaN"
+                    + (" (.inf means no limit)" if key == "timeout" else ""))
+        elif isinstance(value, (int, float)) and value < 0:
             c.error(_origin(defaults, case, path, key), f"{key} must not be negative")
     if isinstance(settings.get("max_memory_mb"), int) and settings["max_memory_mb"] < 1:
         c.error(_origin(defaults, case, path, "max_memory_mb"), "max_memory_mb must be at least 1")
+    if "compile" in settings:
+        _check_compile(settings["compile"], _origin(defaults, case, path, "compile"), c)
     if settings.get("timeout") == 0:
         c.error(_origin(defaults, case, path, "timeout"), "timeout must be positive")
 

@@ -8,6 +8,7 @@ new ones or copies of the findings it was given with their messages and location
 from __future__ import annotations
 
 import copy
+import dataclasses
 import inspect
 import re
 import traceback
@@ -17,16 +18,20 @@ from typing import Any
 
 import torch
 
+from gradaudit.deadterm import WORDS as DEAD_WORDS
+from gradaudit.deadterm import dead_breaks
 from gradaudit.draws import LossFacts
 from gradaudit.findings import default_severity
 from gradaudit.frames import location_from
 from gradaudit.model import ErrorInfo, Finding, Location
 from gradaudit.opscan import OpHit
 from gradaudit.parity import Mismatch
+from gradaudit.portability import factory_finding
 from gradaudit.shapes import describe_dead
 from gradaudit.tracing import BREAK_RANK, Conflict, Record, Tracer
 from gradaudit.tracks import Track
-from gradaudit.witnesses import AnomalyRecord, NonfiniteNode
+from gradaudit.witnesses import AnomalyRecord, AttributeUse, NoneGrad, NonfiniteNode, SelectionRecord
+from gradaudit.wording import never_receives, no_grad_hint, quote, zero_incoming_hint
 
 VERSION_ERROR = "modified by an inplace operation"
 
@@ -56,14 +61,7 @@ def user_location_of(exc: BaseException, root: Path) -> Location | None:
     return location_from(frames, root)
 
 
-def _quote(loc: Location | None, fallback: str) -> str:
-    """The culprit's source line in backticks, without a trailing comment; else the op's name."""
-    if loc is None or not loc.code:
-        return f"`{fallback}`"
-    return f"`{_TRAILING_COMMENT.sub('', loc.code)}`"
-
-
-_TRAILING_COMMENT = re.compile(r"\s+#[^'\"]*$")
+_quote = quote  # the culprit's source line in backticks (gradaudit.wording.quote)
 
 
 # -- what the loss returned, and how a draw failed ------------------------------------------
@@ -152,8 +150,13 @@ def mixed_devices(exc: BaseException, device: str, hits: list[OpHit], root: Path
 # -- the gradients --------------------------------------------------------------------------
 
 def input_findings(tracks: dict[str, Track], draws: int, declared: set[str], loss_nonfinite: bool,
-                   nan_witness: AnomalyRecord | None) -> list[Finding]:
-    """input-disconnected, zero-grad, partial-grad and nonfinite-grad from the tracks' verdicts."""
+                   nan_witness: AnomalyRecord | None,
+                   fixed: list[tuple[str, str, list[int]]] | None = None) -> list[Finding]:
+    """input-disconnected, zero-grad, partial-grad and nonfinite-grad from the tracks' verdicts.
+
+    `fixed`: (name, init, shape) of the inputs that are the same in every draw; a zero pattern
+    may follow their values, and its finding says so.
+    """
     found = []
     nonfinite_located = False
     for name, track in tracks.items():
@@ -166,13 +169,13 @@ def input_findings(tracks: dict[str, Track], draws: int, declared: set[str], los
                                  "nothing in the loss depends on it through a differentiable path", input=name))
         elif verdict == "zero":
             found.append(finding("zero-grad", f"{shape} gets a gradient that is zero everywhere, "
-                                 f"in all {draws} draws", input=name))
+                                 f"in all {draws} draws" + fixed_note(track, fixed or []), input=name))
         elif verdict == "partial":
             pattern = track.pattern
             text, _ = describe_dead(pattern, name)
-            found.append(finding("partial-grad", f"{text} never receives a gradient "
-                                 f"({int(pattern.sum())} of {pattern.numel()} elements, {draws} draws)",
-                                 input=name))
+            found.append(finding("partial-grad", f"{never_receives(text)} a gradient "
+                                 f"({int(pattern.sum())} of {pattern.numel()} elements, {draws} draws)"
+                                 + fixed_note(track, fixed or []), input=name))
         elif verdict == "nonfinite" and not loss_nonfinite:  # else the loss's finding says it
             node = nan_witness.node if nan_witness and not nonfinite_located else None
             location = nan_witness.location if nan_witness and not nonfinite_located else None
@@ -182,6 +185,22 @@ def input_findings(tracks: dict[str, Track], draws: int, declared: set[str], los
                                  f"value{'s' if track.nonfinite != 1 else ''}{where}", input=name,
                                  location=location, detail={"node": node} if node else None))
     return found
+
+
+def fixed_note(track: Track, fixed: list[tuple[str, str, list[int]]]) -> str:
+    """`; `target` is the same in every draw (value), so the pattern follows its values ...`."""
+    if not fixed:
+        return ""
+    dims = track.decision.dims if track.decision is not None else ()
+    sizes = {track.shape[d] for d in dims}
+    # First the fixed inputs that share a size with the dead slices (labels [B] beside rows of
+    # logits [B, C]), then the tensor itself where it is fixed, then the rest.
+    ranked = sorted(fixed, key=lambda f: (not sizes & set(f[2]), f[0] != track.name))[:3]
+    names = ", ".join(f"`{n}`" for n, _, _ in ranked)
+    one = len(ranked) == 1
+    return (f"; {names} {'is' if one else 'are'} the same in every draw ({ranked[0][1]}), so the pattern "
+            f"follows {'its' if one else 'their'} values (positions {'it masks' if one else 'they mask'} "
+            "or ignores): fixed, not chance")
 
 
 def parity_findings(mismatches: list[Mismatch], device: str, rtol: float, atol: float) -> list[Finding]:
@@ -194,34 +213,36 @@ def parity_findings(mismatches: list[Mismatch], device: str, rtol: float, atol: 
 # -- NaN and Inf ----------------------------------------------------------------------------
 
 # node -> (why its gradient is infinite, what its saved input's elements are there)
-_BOUNDARY_WORDS = {
-    "SqrtBackward0": ("has an infinite derivative at 0", "are 0"),
-    "LogBackward0": ("has an infinite derivative at 0", "are 0"),
-    "Log2Backward0": ("has an infinite derivative at 0", "are 0"),
-    "Log10Backward0": ("has an infinite derivative at 0", "are 0"),
-    "PowBackward0": ("has an infinite derivative at 0 for exponents below 1", "are 0"),
-    "AcosBackward0": ("has an infinite derivative at -1 and 1", "are at -1 or 1"),
-    "AsinBackward0": ("has an infinite derivative at -1 and 1", "are at -1 or 1"),
-    "DivBackward0": ("divides by 0", "of the divisor are 0"),
-    "RsqrtBackward0": ("has an infinite derivative at 0", "are 0"),
+_BOUNDARY_WORDS = {  # node -> (why, what its saved elements are called, what they are)
+    "SqrtBackward0": ("has an infinite derivative at 0", "its input", "0"),
+    "LogBackward0": ("has an infinite derivative at 0", "its input", "0"),
+    "Log2Backward0": ("has an infinite derivative at 0", "its input", "0"),
+    "Log10Backward0": ("has an infinite derivative at 0", "its input", "0"),
+    "PowBackward0": ("has an infinite derivative at 0 for exponents below 1", "the base", "0"),
+    "AcosBackward0": ("has an infinite derivative at -1 and 1", "its input", "at -1 or 1"),
+    "AsinBackward0": ("has an infinite derivative at -1 and 1", "its input", "at -1 or 1"),
+    "DivBackward0": ("divides by 0", "the divisor", "0"),
+    "RsqrtBackward0": ("has an infinite derivative at 0", "its input", "0"),
 }
 _LARGEST = {"float16": "65504", "half": "65504"}
 
 
 def _node_facts(node: NonfiniteNode) -> str:
     """Why a node's gradient is NaN/Inf: '... has an infinite derivative at 0; 8 of 8 elements ...'."""
-    text = f"is the first backward step ({node.node}) to produce NaN/Inf: {node.bad} of {node.total} elements"
+    text = (f"is the first backward step ({node.node}) to produce NaN/Inf: {node.bad} of {node.total} elements "
+            "of its gradient are not finite")
     words = _BOUNDARY_WORDS.get(node.node)
     if words is not None and node.saved_numel:
-        why, verb = words
+        why, subject, what = words
         if node.boundary_hits:
-            text = f"{why}; {node.boundary_hits} of {node.saved_numel} elements of its input {verb}"
+            verb = "is" if node.boundary_hits == 1 else "are"
+            text = f"{why}; {node.boundary_hits} of {node.saved_numel} elements of {subject} {verb} {what}"
         elif node.saved_nan:
             text = (f"is NaN where its input is outside its domain ({node.saved_nan} of {node.saved_numel} "
                     "elements), so its gradient is NaN there")
-    if node.masked:
-        text += ("; the incoming gradient there is 0 (a torch.where or mask hides the branch in the "
-                 "forward pass), but 0 × Inf or 0 × NaN is NaN in backward")
+    if node.masked:  # the hint names what passed the zero: a where, a triu, atan at infinity, ...
+        text += (f"; the incoming gradient there is 0 ({zero_incoming_hint(node.after)}), but 0 × Inf or "
+                 "0 × NaN is NaN in backward")
     return text
 
 
@@ -242,8 +263,9 @@ def explain_nonfinite(findings: list[Finding], tracks: dict[str, Track], node: N
         elif f.id == "loss-nonfinite" and op is not None:
             loc = op.location
             what = "NaN" if "nan" in op.what else "Inf"
-            f.message += (f"; it began at {_quote(loc, op.op)}{f' at {loc.where}' if loc else ''}, whose "
-                          f"result holds {what} ({op.count} of {op.total} elements) while its inputs are finite")
+            began = f"{op.op} in {_quote(loc, op.op)} at {loc.where}" if loc and loc.code else f"`{op.op}`"
+            f.message += (f"; it began at {began}, whose result holds {what} ({op.count} of {op.total} "
+                          "elements) while its inputs are finite")
             f.location = loc
             f.detail = {**f.detail, "op": op.op}
         if f.id in ("loss-nonfinite", "nonfinite-grad") and low_precision:
@@ -283,6 +305,12 @@ class TraceFacts:
     dead: dict[str, torch.Tensor] = field(default_factory=dict)  # input -> its zero pattern (partial-grad)
     module: torch.nn.Module | None = None
     conflict: Conflict | None = None  # the version-conflict witness's record
+    # Issue 11's witnesses (gradaudit.witnesses) and draws, for gradaudit.explain_extra:
+    none_grads: list[NoneGrad] = field(default_factory=list)  # custom Functions' backward returning None
+    selections: dict[str, list[SelectionRecord]] = field(default_factory=dict)  # partial-grad -> selecting ops
+    unmoved: list[Any] = field(default_factory=list)  # plain module attributes .to() leaves (portability.Attribute)
+    attributes: list[AttributeUse] | None = None  # what the witness saw of them; None: it failed
+    zeros: dict[str, tuple[int, int, int]] = field(default_factory=dict)  # name -> (zero, total, draws)
 
 
 def explain_trace(tracer: Tracer, facts: TraceFacts, findings: list[Finding]) -> list[Finding]:
@@ -303,11 +331,17 @@ class _TraceExplanation:
         return location_from(rec.frames, self.root)
 
     def run(self) -> list[Finding]:
+        from gradaudit import explain_extra as extra  # issue 11's explanations, on this one's records
+
         self.graph_breaks()
+        extra.replaced_loss(self)
+        extra.custom_functions(self)
+        extra.selections(self)
         self.unused_parameters()
         self.inplace()
         self.portability()
-        self.unregistered_tensors()
+        extra.unregistered_tensors(self)
+        extra.saturation(self)
         return self.findings
 
     def lost_names(self, rec: Record) -> set[str]:
@@ -339,7 +373,9 @@ class _TraceExplanation:
             blame(no_grad, [r for r in breaks if (on_path is None or r.id in on_path)
                             and self.lost_names(r) - declared])
         fails: list[Finding] = []
+        warns: list[Finding] = []
         infos: list[Finding] = []
+        dead = dead_breaks(tracer.loss_terms, tracer.loss_modulating, set(explained))
         culprit_of: dict[int, Finding] = {}  # id(failing finding) -> its best graph-break
         for rec in sorted(breaks, key=lambda r: (BREAK_RANK[r.why], r.id)):
             lost = sorted(self.lost_names(rec))
@@ -362,11 +398,18 @@ class _TraceExplanation:
                     text = f"{code}{where} passes {what} on with a zero gradient: {words}"
                 else:
                     text = f"{code}{where} cuts {what} from the loss: {words}"
+                if rec.why in ("detach", "no_grad"):  # a stop-gradient on a whole input: maybe by design
+                    text += no_grad_hint([t.input for t in targets if t.id == "input-disconnected"
+                                          and t.input and not t.input.startswith("param:")])
                 brk = Finding(id="graph-break", severity="fail", message=text,
                               input=first.input, location=loc, detail=detail)
                 fails.append(brk)
                 for target in targets:
                     culprit_of.setdefault(id(target), brk)
+            elif rec.id in dead:
+                warns.append(Finding(id="dead-term", severity="warn", message=f"{code}{where}: "
+                                     + DEAD_WORDS.format(why=words), input=lost[0] if len(lost) == 1 else None,
+                                     location=loc, detail=detail))
             else:
                 subject = ", ".join(f"`{n}`" for n in lost)
                 text = (f"{code}{where} cuts the gradient path from {subject} ({words}); "
@@ -378,7 +421,7 @@ class _TraceExplanation:
             if best is not None and f.location is None:
                 f.location = best.location
         self.findings[:0] = fails
-        self.findings.extend(infos)
+        self.findings.extend(warns + infos)
 
     def what(self, f: Finding, rec: Record) -> str:
         if f.id == "loss-no-grad":
@@ -422,7 +465,10 @@ class _TraceExplanation:
                     f"{mod_code} at {mod_loc.where if mod_loc else '?'} changed in place a tensor that "
                     f"{saved_code}{saved_where} saved for backward (version {conflict.version_saved} -> "
                     f"{conflict.version_now}), so backward cannot run; use the out-of-place op")
-                f.location = saved_loc or mod_loc
+                # The line to change is the in-place op; the saver is the second line.
+                f.location = mod_loc or saved_loc
+                if mod_loc is not None and saved_loc is not None:
+                    f.second = dataclasses.replace(saved_loc, label="saved for backward at")
             else:
                 f.message = (f"a tensor that {saved_code}{saved_where} saved for backward was changed "
                              f"in place (version {conflict.version_saved} -> {conflict.version_now})")
@@ -440,20 +486,11 @@ class _TraceExplanation:
     # -- device portability -----------------------------------------------------------------
     def portability(self) -> None:
         for rec in self.tracer.records:
-            if rec.kind != "factory" or not (rec.met or rec.op.endswith((".cuda", ".to"))):
-                continue
-            loc = self.location(rec)
-            code = _quote(loc, rec.op)
-            where = f" at {loc.where}" if loc else ""
-            if rec.device in ("", "None"):
-                why = "makes a tensor on the default device (no device=) that meets the inputs"
-            else:
-                why = f"puts a tensor on the fixed device {rec.device!r}, where it meets the inputs"
-            self.findings.append(Finding(
-                id="device-portability", severity="warn", location=loc,
-                message=f"{code}{where} {why}: on another device this raises a device mismatch; "
-                        "pass device=<input>.device",
-                detail={"op": rec.op, "device": rec.device or None}))
+            if rec.kind == "factory":
+                loc = self.location(rec)
+                found = factory_finding(rec, loc, _quote(loc, rec.op))
+                if found is not None:
+                    self.findings.append(found)
 
     # -- parameters nothing uses --------------------------------------------------------------
     def unused_parameters(self) -> None:
@@ -485,24 +522,3 @@ class _TraceExplanation:
             if filename and pattern.search(text):
                 return location_from([(filename, start + offset, cls.__name__)], self.root)
         return None
-
-    def unregistered_tensors(self) -> None:
-        """Plain tensor attributes of a module loss: `.to(device)` moves buffers, not these."""
-        module = self.facts.module
-        if module is None:
-            return
-        for path, sub in module.named_modules():
-            for attr, value in vars(sub).items():
-                if not isinstance(value, torch.Tensor) or isinstance(value, torch.nn.Parameter):
-                    continue
-                if value.dim() == 0:
-                    continue  # a 0-dim tensor mixes with any device
-                loc = self.declaration(type(sub), attr)
-                name = f"{path}.{attr}" if path else attr
-                self.findings.append(Finding(
-                    id="device-portability", severity="warn", location=loc,
-                    message=f"{_quote(loc, 'self.' + attr)}{f' at {loc.where}' if loc else ''} keeps the tensor "
-                            f"`{name}` as a plain attribute: module.to(device) does not move it, so on another "
-                            "device it meets the inputs on the wrong one; use self.register_buffer"
-                            f"({attr!r}, ...)",
-                    detail={"op": "attribute", "attribute": name, "device": str(value.device)}))

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
 from gradaudit.errors import ResultsError
 from gradaudit.model import SCHEMA, RunResults
+
+MAX_PROBLEMS = 15  # problems listed for one file: one screen
+SCHEMA_FILE = "results.schema.json"
 
 
 def write_json(results: RunResults, stream: IO[str]) -> None:
@@ -29,27 +33,49 @@ def finite_json(value):
 
 
 def read_json(path: str | Path) -> RunResults:
-    """Read a results.json; raise ResultsError naming the file when it is not one."""
+    """Read a results.json; raise ResultsError naming the file and every problem when it is not one.
+
+    The file is checked against the published schema first (gradaudit.resultschema), so a
+    malformed file reads as a short list of problems, never as a traceback from a reporter.
+    """
+    from gradaudit.resultschema import load_results, validate_results
+
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        raw = Path(path).read_bytes()
     except OSError as exc:
         raise ResultsError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    try:
+        data = load_results(raw)
     except json.JSONDecodeError as exc:
         raise ResultsError(f"{path}:{exc.lineno}:{exc.colno}: not valid JSON: {exc.msg}") from None
+    except ValueError as exc:
+        raise ResultsError(f"{path}: {exc}") from None
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise ResultsError(f"{path}: not a gradaudit results file (schema {SCHEMA!r} expected)")
-    try:
-        return RunResults.from_dict(data)
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ResultsError(f"{path}: malformed results: {exc}") from None
+    problems = validate_results(data)
+    if problems:
+        shown = "\n".join(f"  {path}: {p}" for p in problems[:MAX_PROBLEMS])
+        more = f"\n  ... and {len(problems) - MAX_PROBLEMS} more" if len(problems) > MAX_PROBLEMS else ""
+        raise ResultsError(f"{path}: not a valid results file (schema {SCHEMA}, "
+                           f"gradaudit/{SCHEMA_FILE}):\n{shown}{more}")
+    return RunResults.from_dict(data)
 
 
-def read_merged(paths: list[str | Path]) -> RunResults:
-    """Read several results files (shards of one run) into one run; a case on a device twice is an error."""
+def read_merged(paths: list[str | Path], warn: Callable[[str], None] | None = None) -> RunResults:
+    """Read several results files (shards of one run) into one run.
+
+    A case on a device twice, or files from different configs, are errors; files written by
+    different gradaudit versions are merged with a warning through `warn`.
+    """
     merged: RunResults | None = None
     seen: dict[tuple[str, str], str] = {}
+    first: tuple[str | Path, RunResults] | None = None
     for path in paths:
         part = read_json(path)
+        if first is None:
+            first = (path, part)
+        else:
+            _same_run(first, (path, part), warn)
         for result in part.results:
             if result.key in seen:
                 raise ResultsError(f"{path}: {result.case} [{result.device}] is also in {seen[result.key]}; "
@@ -60,3 +86,18 @@ def read_merged(paths: list[str | Path]) -> RunResults:
         raise ResultsError("no results files given")
     merged.sort()
     return merged
+
+
+def _same_run(first: tuple[str | Path, RunResults], other: tuple[str | Path, RunResults],
+              warn: Callable[[str], None] | None) -> None:
+    """Refuse shards of different configs; warn about shards of different gradaudit versions."""
+    (path_a, a), (path_b, b) = first, other
+    sha_a, sha_b = (a.config or {}).get("sha256"), (b.config or {}).get("sha256")
+    if sha_a and sha_b and sha_a != sha_b:
+        raise ResultsError(f"{path_b}: comes from config {(b.config or {}).get('path')!r} (sha256 {sha_b[:12]}), "
+                           f"but {path_a} from {(a.config or {}).get('path')!r} (sha256 {sha_a[:12]}): "
+                           "merge the shards of one run of one config")
+    if warn is not None and a.gradaudit_version and b.gradaudit_version \
+            and a.gradaudit_version != b.gradaudit_version:
+        warn(f"{path_b} was written by gradaudit {b.gradaudit_version}, {path_a} by {a.gradaudit_version}: "
+             "verdicts may differ between versions")

@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
+import posixpath
 import re
 import xml.etree.ElementTree as ET
 from typing import IO
 
 from gradaudit.baseline import LABELS
 from gradaudit.model import CaseResult, Finding, RunResults
+from gradaudit.safetext import safe_text
 
-# Characters XML 1.0 cannot hold at all (a traceback may carry terminal escapes).
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+# Characters XML 1.0 cannot hold at all, beyond the controls that safe_text shows as escapes.
+_NOT_XML = re.compile("[\ufffe\uffff]")
 ERROR_STATUSES = ("error", "timeout", "crash")
 
 
 def _text(value: object) -> str:
-    return _NOT_XML.sub("?", str(value))
+    return _NOT_XML.sub("?", safe_text(value))
 
 
 def finding_text(finding: Finding) -> str:
@@ -49,12 +51,31 @@ def _message(result: CaseResult) -> str:
     return result.summary_line or result.status
 
 
-def _testcase(result: CaseResult) -> ET.Element:
+def culprit(result: CaseResult, config_path: str = "") -> tuple[str, int] | None:
+    """The file and line CI annotation tools should mark for a result: its worst located finding.
+
+    Locations are relative to the config's folder; here they are joined onto the config's path as
+    the run was given it, so they are relative to where gradaudit ran (the checkout, in CI).
+    """
+    located = [f for f in result.findings if f.location is not None and f.severity != "info"]
+    if not located:
+        return None
+    loc = max(located, key=lambda f: f.rank).location
+    folder = posixpath.dirname(config_path.replace("\\", "/"))
+    file = loc.file if posixpath.isabs(loc.file) else posixpath.normpath(posixpath.join(folder, loc.file))
+    return file, loc.line
+
+
+def _testcase(result: CaseResult, config_path: str = "") -> ET.Element:
     case = ET.Element("testcase", {
         "classname": _text(result.group or "gradaudit"),
         "name": _text(f"{result.case}[{result.device}]"),
         "time": f"{result.duration_s:.3f}",
     })
+    where = culprit(result, config_path)
+    if where is not None:
+        case.set("file", _text(where[0]))
+        case.set("line", str(where[1]))
     props = {"status": result.status, "loss": result.loss_ref}
     if result.baseline:
         props["baseline"] = LABELS.get(result.baseline, result.baseline)
@@ -107,7 +128,7 @@ def build_junit(results: RunResults) -> ET.Element:
         if value:
             ET.SubElement(properties, "property", {"name": name, "value": _text(value)})
     for result in results.results:
-        suite.append(_testcase(result))
+        suite.append(_testcase(result, str((results.config or {}).get("path") or "")))
     return root
 
 

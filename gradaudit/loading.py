@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import importlib.util
+import pkgutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -34,7 +36,9 @@ def resolve(ref: str, root: Path) -> Any:
     if _is_file_ref(module_part):
         file = (root / module_part).resolve()
         if not file.is_file():
-            raise LossImportError(f"loss file {module_part!r} not found (looked at {file})")
+            siblings = [p.name for p in file.parent.glob("*.py")] if file.parent.is_dir() else []
+            raise LossImportError(f"loss file {module_part!r} not found (looked at {file})"
+                                  f"{_suggest(file.name, siblings)}")
         name = "gradaudit_user." + "_".join(file.with_suffix("").parts[-3:]).replace("-", "_")
         module = sys.modules.get(name)
         if module is None or getattr(module, "__file__", None) != str(file):
@@ -47,17 +51,43 @@ def resolve(ref: str, root: Path) -> Any:
                 sys.modules.pop(name, None)
                 raise
     else:
-        module = importlib.import_module(module_part)
+        try:
+            module = importlib.import_module(module_part)
+        except ModuleNotFoundError as exc:
+            # The module the config names is missing (not one that it imports): say what was meant.
+            named = exc.name and (module_part == exc.name or module_part.startswith(exc.name + "."))
+            hint = _module_suggestion(exc.name) if named else ""
+            if hint:
+                raise ModuleNotFoundError(f"No module named {exc.name!r}{hint}", name=exc.name) from None
+            raise
     obj: Any = module
     for part in qualname.split("."):
         try:
             obj = getattr(obj, part)
         except AttributeError:
+            names = [n for n in dir(obj) if not n.startswith("_")]
             raise LossImportError(
-                f"{module_part!r} has no attribute {qualname!r}") from None
+                f"{module_part!r} has no attribute {qualname!r}{_suggest(part, names)}") from None
     if not callable(obj):
         raise LossImportError(f"{ref!r} is a {type(obj).__name__}, not a function or class")
     return obj
+
+
+def _suggest(word: str, choices: list[str]) -> str:
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _module_suggestion(name: str) -> str:
+    """A "did you mean" for a module that does not exist, among its importable siblings."""
+    parent, _, leaf = name.rpartition(".")
+    try:
+        path = importlib.import_module(parent).__path__ if parent else None
+    except (ImportError, AttributeError):
+        return ""
+    siblings = [m.name for m in pkgutil.iter_modules(path)]
+    close = difflib.get_close_matches(leaf, siblings, n=1, cutoff=0.6)
+    return f" (did you mean '{parent + '.' if parent else ''}{close[0]}'?)" if close else ""
 
 
 def group_of(ref: str) -> str:

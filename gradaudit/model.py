@@ -63,10 +63,14 @@ class Location(Frame):
     # A few source lines around `line`: the first line's number and the lines.
     context_start: int | None = None
     context: list[str] = field(default_factory=list)
+    # What this line is to its finding, where it is not the line to change: "saved for backward at".
+    label: str = ""
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["chain"] = [f.to_dict() for f in self.chain]
+        if not data["label"]:
+            del data["label"]
         return _prune(data, ("chain", "context_start", "context"))
 
     @classmethod
@@ -88,6 +92,9 @@ class Finding:
     location: Location | None = None
     # Finding-specific facts for reporters (op name, versions, values): plain data only.
     detail: dict[str, Any] = field(default_factory=dict)
+    # A second line worth seeing beside the one to change (the op that saved the tensor an in-place
+    # op then changed), its `label` saying what it is; reporters show it under the location.
+    second: Location | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {"id": self.id, "severity": self.severity, "input": self.input,
@@ -95,14 +102,18 @@ class Finding:
                                 "location": self.location.to_dict() if self.location else None}
         if self.detail:
             data["detail"] = self.detail
+        if self.second is not None:
+            data["second"] = self.second.to_dict()
         return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Finding:
         loc = data.get("location")
+        second = data.get("second")
         return cls(id=data["id"], severity=data["severity"], message=data["message"],
                    input=data.get("input"), location=Location.from_dict(loc) if loc else None,
-                   detail=dict(data.get("detail") or {}))
+                   detail=dict(data.get("detail") or {}),
+                   second=Location.from_dict(second) if second else None)
 
     @property
     def rank(self) -> int:
@@ -196,6 +207,8 @@ class CaseResult:
     warnings: list[str] = field(default_factory=list)  # warnings the loss raised, once each
     # What gradcheck did, where asked: the dims it used (shrunk to its element budget), the draws.
     gradcheck: dict[str, Any] | None = None
+    # A compiled entry's compile facts: backend, compile_s, graphs, graph_breaks, compared_draws, ...
+    compile: dict[str, Any] | None = None
     # What the batch-independence check did, where `per_sample` is declared (see batchmix).
     batch_independence: dict[str, Any] | None = None
 
@@ -211,9 +224,10 @@ class CaseResult:
             "expected": self.expected, "loss_ref": self.loss_ref, "group": self.group,
             "draws": self.draws, "skip_reason": self.skip_reason, "baseline": self.baseline,
             "summary_line": self.summary_line, "warnings": self.warnings, "gradcheck": self.gradcheck,
+            "compile": self.compile,
             "batch_independence": self.batch_independence,
         }
-        return _prune(data, ("skip_reason", "baseline", "warnings", "gradcheck", "batch_independence"))
+        return _prune(data, ("skip_reason", "baseline", "warnings", "gradcheck", "compile", "batch_independence"))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CaseResult:

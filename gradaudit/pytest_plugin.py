@@ -25,14 +25,24 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    for name in config.getoption("gradaudit_device"):
+        from gradaudit.config import device_problem
+
+        problem = device_problem(name)
+        if problem:  # a typo would otherwise skip every gradaudit item, and pytest would pass
+            raise pytest.UsageError(f"--gradaudit-device {name}: {problem}")
     paths = config.getoption("gradaudit")
     if not paths:
         return
     # Collect the configs themselves; without other paths, only them (not the testpaths).
     if config.args_source != pytest.Config.ArgsSource.ARGS:
         config.args = []
+    folders = [Path(arg.split("::")[0]).resolve() for arg in config.args]
+    folders = [f for f in folders if f.is_dir()]
     for path in paths:
-        if path not in config.args:
+        # A config inside a folder already asked for is collected from there (pytest_collect_file).
+        # Naming it again would make pytest 8 collect only it from that folder, dropping the tests.
+        if path not in config.args and not any(f in Path(path).resolve().parents for f in folders):
             config.args.append(path)
     config.stash[_CONFIGS] = {Path(p).resolve() for p in paths}
 
@@ -130,6 +140,7 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
 
     items = []
     devices = collector.config.getoption("gradaudit_device")
+    line = _first_line(obj.loss)
     for entry in obj.cases:
         settings = dict(entry)
         settings["name"] = settings.get("name") or name
@@ -137,23 +148,25 @@ def pytest_pycollect_makeitem(collector: pytest.Collector, name: str, obj: objec
             specs = prepare(obj.loss, **settings)
         except GradauditError as exc:
             items.append(LossCaseItem.from_parent(collector, name=settings["name"], specs=[],
-                                                  device="", problem=exc))
+                                                  device="", problem=exc, line=line))
             continue
         for spec in specs:
             for device in devices or spec.devices:
                 items.append(LossCaseItem.from_parent(collector, name=f"{spec.name}[{device}]",
-                                                      specs=[spec], device=device, problem=None))
+                                                      specs=[spec], device=device, problem=None, line=line))
     return items
 
 
 class LossCaseItem(_AuditItem):
     """A loss marked with @gradaudit.case, audited on one device."""
 
-    def __init__(self, *, specs: list, device: str, problem: Exception | None, **kwargs: Any) -> None:
+    def __init__(self, *, specs: list, device: str, problem: Exception | None, line: int = 0,
+                 **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.specs = specs
         self.device = device
         self.problem = problem
+        self.line = line
 
     def runtest(self) -> None:
         from gradaudit.api import run_specs
@@ -163,7 +176,21 @@ class LossCaseItem(_AuditItem):
         self._judge(run_specs(self.specs, root=self.path.parent, devices=[self.device]).results[0])
 
     def reportinfo(self):
-        return self.path, None, self.name
+        # A line number, never None: pytest places skips at the item's location and asserts on it.
+        return self.path, self.line, self.name
+
+
+def _first_line(loss: Any) -> int:
+    """The 0-based line where the marked loss is defined (0 where Python cannot tell)."""
+    import inspect
+
+    target = inspect.unwrap(loss)
+    if not (inspect.isfunction(target) or inspect.isclass(target)):
+        target = type(target)  # an nn.Module instance: where its class is
+    try:
+        return max(inspect.getsourcelines(target)[1] - 1, 0)
+    except (OSError, TypeError):
+        return 0
 
 
 class Auditor:
@@ -178,6 +205,10 @@ class Auditor:
         __tracebackhide__ = True
         result = self.audit(loss, inputs, **settings)
         result.raise_for_findings(fail_on=fail_on)
+        if result.results and all(r.status == "skip" for r in result.results):
+            # Nothing was audited (no such device here): a skip says so, a pass would lie.
+            reasons = sorted({f"{r.device}: {r.skip_reason}" for r in result.results})
+            pytest.skip("gradaudit audited nothing: " + "; ".join(reasons))
         return result
 
     def audit(self, loss: Any, inputs: dict[str, Any], **settings: Any):

@@ -42,15 +42,15 @@ def describe_dead(dead: torch.Tensor, name: str) -> tuple[str, tuple[int, list[i
         if bool((whole == covered).all()):
             idx = whole.nonzero().flatten().tolist()
             noun = {(2, 0): "row", (2, 1): "column"}.get((dead.dim(), dim))
+            along = ""
             if noun is None:
-                noun = "element" if dead.dim() == 1 else f"index along dim {dim}"
-                plural = "elements" if dead.dim() == 1 else f"indices along dim {dim}"
+                noun = "element" if dead.dim() == 1 else "index"
+                plural = "elements" if dead.dim() == 1 else "indices"
+                along = "" if dead.dim() == 1 else f" along dim {dim}"  # "index 0 along dim 1 of x"
             else:
                 plural = noun + "s"
             word = noun if len(idx) == 1 else plural
-            if noun.startswith("index"):
-                return f"{word} {_ranges(idx)} of {label}", (dim, idx)
-            return f"{word} {_ranges(idx)} of {label}", (dim, idx)
+            return f"{word} {_ranges(idx)}{along} of {label}", (dim, idx)
     return f"{int(dead.sum())} scattered elements of {label}", None
 
 

@@ -28,7 +28,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch.overrides import TorchFunctionMode
 
+from gradaudit.deadterm import combine
 from gradaudit.frames import is_user_file
+from gradaudit.portability import INDEX_ALLOWS_CPU, follows_device, gradient_args
+from gradaudit.saturation import RANGE_OPS, outside, value_range
 
 if TYPE_CHECKING:
     from gradaudit.losscall import DrawInputs
@@ -109,15 +112,16 @@ def _display_op(name: str, func: Any) -> str:
 class Tag:
     """What the trace knows about one tensor, for the draw that made it."""
 
-    __slots__ = ("token", "grad", "derived", "breaks", "fixed")
+    __slots__ = ("token", "grad", "derived", "breaks", "fixed", "terms")
 
     def __init__(self, token: object, grad: frozenset = _EMPTY, derived: bool = False,
-                 breaks: frozenset = _EMPTY, fixed: frozenset = _EMPTY) -> None:
+                 breaks: frozenset = _EMPTY, fixed: frozenset = _EMPTY, terms: frozenset = _EMPTY) -> None:
         self.token = token
         self.grad = grad  # audited leaves its gradient path reaches
         self.derived = derived  # its values depend on an input
         self.breaks = breaks  # ids of recorded breaks its values passed through
         self.fixed = fixed  # ids of fixed-device factories it came from
+        self.terms = terms  # breaks added to it as terms, since then only linearly (gradaudit.deadterm)
 
 
 @dataclass
@@ -125,7 +129,7 @@ class Record:
     """One recorded op at one line of user code (merged over calls and draws)."""
 
     id: int
-    kind: str  # break / inplace / factory
+    kind: str  # break / inplace / factory / made (a tensor from Python values) / range (a clamp)
     op: str
     frames: list[tuple[str, int, str]]
     why: str = ""
@@ -137,6 +141,7 @@ class Record:
     device: str = ""
     # in-place: (draw token, storage, version before, version after) of each call
     events: list[tuple[object, int | None, int, int]] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)  # range: its bounds and the values outside them
 
 
 @dataclass
@@ -246,6 +251,12 @@ class Tracer:
         # The tags of this draw's tensors, by id, beside a weak reference that proves the id still
         # names the same tensor: the user's tensors (inputs, parameters) carry no mark of ours.
         self._tags: dict[int, tuple[weakref.ref, Tag]] = {}
+        # Tensors the draw starts with on a fixed device (a module's plain attributes), each with
+        # its `factory` record: whether they meet the inputs is what the portability witness asks.
+        self.sources: list[tuple[torch.Tensor, Record]] = []
+        self.modulating: set[int] = set()  # breaks whose values shape a live path (gradaudit.deadterm)
+        self.loss_terms: set[int] = set()  # breaks added to the loss as terms, linearly since
+        self.loss_modulating: set[int] = set()  # `modulating` as it stood when the loss returned
 
     # -- tags -------------------------------------------------------------------------------
     def tag_of(self, t: torch.Tensor) -> Tag | None:
@@ -313,6 +324,8 @@ class Tracer:
                 self.leaf_names.setdefault(id(t), name)
                 grad = frozenset({name}) if t.requires_grad else _EMPTY
                 self.set_tag(t, Tag(self.token, grad=grad, derived=True))
+        for t, rec in self.sources:
+            self.set_tag(t, Tag(self.token, fixed=frozenset({rec.id})))
 
     # -- records ----------------------------------------------------------------------------
     def record(self, kind: str, op: str, frames: list[tuple[str, int, str]], **extra: Any) -> Record:
@@ -337,15 +350,24 @@ class Tracer:
         if kind == "skip":
             return func(*args, **kwargs)
         tensors: list[Tag] = []
-        for v in args:
+        scan, scan_kwargs = gradient_args(name, args, kwargs)
+        for i, v in enumerate(scan):
             if isinstance(v, torch.Tensor):
                 tag = self.tag(v)
                 if tag is not None:
                     tensors.append(tag)
             elif isinstance(v, (list, tuple)) and v:
+                start = len(tensors)
                 self._collect(v, tensors, 1)
-        if kwargs:
-            self._collect(tuple(kwargs.values()), tensors, 0)
+                if i == 1 and name in INDEX_ALLOWS_CPU:  # a CPU index may index any device's tensor
+                    tensors[start:] = [_unfixed(t) for t in tensors[start:]]
+                continue
+            else:
+                continue
+            if i == 1 and name in INDEX_ALLOWS_CPU and tensors and tensors[-1].fixed:
+                tensors[-1] = _unfixed(tensors[-1])
+        if scan_kwargs:
+            self._collect(tuple(scan_kwargs.values()), tensors, 0)
         target = args[0] if kind == "inplace" and args and isinstance(args[0], torch.Tensor) else None
         before = (target._version, target.requires_grad) if target is not None else None
         factory = None
@@ -356,11 +378,12 @@ class Tracer:
             out = func(*args, **kwargs)
         finally:
             self.current = previous
+        if name in RANGE_OPS and tensors and args and isinstance(args[0], torch.Tensor):
+            self._range(func, name, args, kwargs)
         if tensors or factory is not None or kind in ("data", "escape"):
-            if kind == "move" and name == "to" and any(
-                    isinstance(a, (torch.device, torch.Tensor)) for a in (*args[1:], kwargs.get("device"))):
+            if tensors and follows_device(name, args, kwargs):
                 factory = _FOLLOWS  # moved to a device taken from a tensor: portable again
-            self._after(func, name, kind, tensors, out, target, before, factory)
+            self._after(func, name, kind, tensors, out, target, before, factory, scan)
         return out
 
     def _collect(self, values: tuple | list, out: list, depth: int) -> None:
@@ -376,7 +399,23 @@ class Tracer:
             if depth > 0 and i >= _MAX_LIST_SCAN:
                 return
 
-    def _after(self, func, name, kind, tags, out, target, before, factory) -> None:
+    def _terms(self, name: str, tags: list[Tag], args: tuple, out: Any = None) -> frozenset:
+        """The dead-term bookkeeping of one op (gradaudit.deadterm); the terms its result carries."""
+        if not any(t.terms or (t.breaks and not t.grad) for t in tags):
+            return _EMPTY  # the common case: no cut value and no term in sight
+        carried, shaping, added = combine(name, tags)
+        if shaping:
+            self.modulating.update(shaping)
+        if added:  # cut values added to a live path: a term, unless they are all zero (0.0 * metric)
+            cut = [v for v in args if isinstance(v, torch.Tensor) and (t := self.tag(v)) is not None
+                   and not t.grad and t.breaks]
+            # `x - x.detach()` (zero, with x's gradient) injects a gradient: an idiom, not a term.
+            idiom = isinstance(out, torch.Tensor) and out.device.type != "meta" and not bool(out.any())
+            if not idiom and any(bool((v != 0).any()) for v in cut if v.numel() and v.device.type != "meta"):
+                carried = carried | added
+        return carried
+
+    def _after(self, func, name, kind, tags, out, target, before, factory, args=()) -> None:
         if len(tags) == 1:
             only = tags[0]
             grad_in, breaks_in, fixed_in, derived = only.grad, only.breaks, only.fixed, only.derived
@@ -392,6 +431,8 @@ class Tracer:
                 self.records[rid].met = True
             fixed_in = _EMPTY
         if kind == "escape":
+            if name == "__bool__":
+                return  # `if not torch.isfinite(loss):` decides a branch; no value flows on
             if grad_in:
                 rec = self._break(func, name, "escape", grad_in)
                 if rec is not None:
@@ -401,8 +442,13 @@ class Tracer:
         if kind == "data" and self.escaped:
             breaks_in = breaks_in | self.escaped
             derived = True
+        if kind == "data" and not grad_in:
+            made = self._made(func, name)  # a new tensor from Python values: it may replace the loss
+            if made is not None:
+                breaks_in = breaks_in | {made.id}
+        terms = self._terms(name, tags, args, out) if grad_in else _EMPTY
         if kind == "inplace" and target is not None:
-            self._inplace(func, name, target, before, grad_in, breaks_in, derived, fixed_in)
+            self._inplace(func, name, target, before, grad_in, breaks_in, derived, fixed_in, terms)
             return
         outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(o, torch.Tensor)]
         lost_rec = None
@@ -422,12 +468,13 @@ class Tracer:
                 fixed = fixed | {factory.id}
             first = tags[0] if len(tags) == 1 else None
             if (first is not None and grad_out is first.grad and brk is first.breaks and fixed is first.fixed
-                    and derived == first.derived):
+                    and derived == first.derived and terms == first.terms):
                 self.set_tag(o, tags[0])  # nothing changed: share the input's tag
             else:
-                self.set_tag(o, Tag(self.token, grad=grad_out, derived=derived, breaks=brk, fixed=fixed))
+                self.set_tag(o, Tag(self.token, grad=grad_out, derived=derived, breaks=brk, fixed=fixed,
+                                    terms=terms if grad_out else _EMPTY))
 
-    def _inplace(self, func, name, target, before, grad_in, breaks_in, derived, fixed_in) -> None:
+    def _inplace(self, func, name, target, before, grad_in, breaks_in, derived, fixed_in, terms=_EMPTY) -> None:
         version_before, was_graph = before
         grad_out = grad_in if target.requires_grad and name not in ZERO_DERIVATIVE else _EMPTY
         brk = breaks_in
@@ -435,7 +482,8 @@ class Tracer:
             rec = self._break(func, name, self._break_kind(name, "inplace", target), grad_in - grad_out)
             if rec is not None:
                 brk = brk | {rec.id}
-        tag = Tag(self.token, grad=grad_out, derived=derived, breaks=brk, fixed=fixed_in)
+        tag = Tag(self.token, grad=grad_out, derived=derived, breaks=brk, fixed=fixed_in,
+                  terms=terms if grad_out else _EMPTY)
         self.set_tag(target, tag)
         base = target._base
         if base is not None:
@@ -480,6 +528,25 @@ class Tracer:
         rec = self.record("break", _display_op(name, func), frames, why=why)
         rec.lost.update(lost)
         return rec
+
+    def _range(self, func: Any, name: str, args: tuple, kwargs: dict) -> None:
+        """Count the values a range op clips (gradaudit.saturation), for a gradient-carrying input."""
+        tag = self.tag(args[0])
+        bounds = value_range(name, args, kwargs) if tag is not None and tag.grad else None
+        frames = _user_frames() if bounds is not None else None
+        if frames is None:
+            return
+        clipped, seen = outside(args[0], *bounds)
+        rec = self.record("range", _display_op(name, func), frames)
+        rec.lost.update(tag.grad)
+        facts = rec.facts
+        facts.setdefault("range", bounds)
+        facts["outside"] = facts.get("outside", 0) + clipped
+        facts["seen"] = facts.get("seen", 0) + seen
+
+    def _made(self, func: Any, name: str) -> Record | None:
+        frames = _user_frames()
+        return None if frames is None else self.record("made", _display_op(name, func), frames)
 
     def _factory_before(self, func, name, args, kwargs) -> Record | None:
         """Note a factory with no device (or a fixed one), or a move to a fixed device."""
@@ -535,6 +602,11 @@ class Tracer:
         return best[1] if best else None
 
 
+def _unfixed(tag: Tag) -> Tag:
+    """A tag's view without its fixed-device sources (an index tensor, which may stay on the CPU)."""
+    return Tag(tag.token, grad=tag.grad, derived=tag.derived, breaks=tag.breaks, terms=tag.terms)
+
+
 def _union(sets: list[frozenset]) -> frozenset:
     result = _EMPTY
     for s in sets:
@@ -569,6 +641,10 @@ class TraceObserver:
         tracer = self.tracer
         tag = tracer.tag_of(loss) if isinstance(loss, torch.Tensor) else None
         found = set(tag.breaks) if tag is not None else set()
+        if tag is not None:
+            tracer.loss_terms |= tag.terms
+        # What shaped the gradient up to here (gradaudit.deadterm).
+        tracer.loss_modulating |= tracer.modulating
         # Python values carry no tag: any value that left as one may have reached the loss.
         found |= tracer.escaped
         tracer.loss_breaks = found if tracer.loss_breaks is None else tracer.loss_breaks | found

@@ -8,21 +8,23 @@ draw could still decide something (`wants_more`), and the last word before the v
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 
+from gradaudit import evidence
 from gradaudit.config import CaseSpec
 from gradaudit.model import InputResult
 from gradaudit.shapes import fold_map
 
-# A suspected zero pattern is confirmed by extra draws: the chance that elements which do get a
-# gradient now and then (at the rarer end of the observed rates) stayed zero in every draw by luck
-# must fall below FALSE_ALARM; an unconfirmed pattern at MAX_DRAWS is no finding.
-FALSE_ALARM = 1e-3
-RATE_QUANTILE = 0.1
-PRIOR_RATE = 0.5  # when no element ever got a gradient: how often one would, if it could
+# A suspected zero pattern is confirmed by extra draws until the case-wide odds that it is luck
+# fall below FALSE_ALARM (gradaudit.evidence decides); an unconfirmed pattern at MAX_DRAWS (or
+# `repeats`, if larger) is no finding.
+FALSE_ALARM = evidence.FALSE_ALARM
 MAX_DRAWS = 40
+# Inputs that are the same tensor in every draw: a zero pattern may follow their values.
+FIXED_INITS = ("value", "zeros", "ones", "full")
 
 
 @dataclass
@@ -33,31 +35,52 @@ class Track:
     shape: list[int]
     dtype: str
     requires_grad: bool
-    alive_counts: torch.Tensor | None = None  # per element: draws in which its gradient was nonzero
     draws: int = 0
     none_draws: int = 0
     nonfinite: int = 0
     norms: list[float] = field(default_factory=list)
     # Counting in bytes is a quarter of the memory traffic; wide enough unless repeats > 255.
     count_dtype: torch.dtype = torch.uint8
+    decision: evidence.Decision | None = None  # what the evidence says of its zero pattern
+
+    # Per element: draws in which its gradient was nonzero. Left unmade (None) while every draw
+    # with a gradient was dense, the common case: the counts are then `dense_draws` everywhere.
+    _counts: torch.Tensor | None = field(default=None, repr=False)
+    dense_draws: int = 0  # draws whose gradient had no zero, before the counts were made
 
     def add(self, grad: torch.Tensor | None) -> None:
         self.draws += 1
-        if self.alive_counts is None:
-            self.alive_counts = torch.zeros(self.shape, dtype=self.count_dtype)
         if grad is None:
             self.none_draws += 1
             return
         g = grad.detach()
-        # The common case costs one pass: a finite norm means every element is finite. Only a
-        # non-finite norm (a NaN/Inf, or an overflow in low precision) pays for the masked passes.
-        norm = torch.linalg.vector_norm(g)
-        if not bool(torch.isfinite(norm)):
+        # The common case costs a norm and one smallest-magnitude reduction, and no mask: a finite
+        # norm means every element is finite, and a dense gradient (no zero) adds one to every
+        # count, which stays implicit. Only a non-finite norm (a NaN/Inf, or an overflow in low
+        # precision) pays for the masked passes, and only a gradient with zeros (or one after it)
+        # for the per-element counts.
+        norm = float(torch.linalg.vector_norm(g))
+        if not math.isfinite(norm):
             finite = torch.isfinite(g)
             self.nonfinite = max(self.nonfinite, int((~finite).sum()))
-            norm = torch.linalg.vector_norm(torch.where(finite, g, 0), dtype=torch.float64)
-        self.alive_counts += (g != 0).cpu()
-        self.norms.append(float(norm))
+            norm = float(torch.linalg.vector_norm(torch.where(finite, g, 0), dtype=torch.float64))
+        self.norms.append(norm)
+        if self._counts is None and _dense(g):
+            self.dense_draws += 1
+            return
+        self.alive_counts.add_((g != 0).cpu())
+
+    @property
+    def alive_counts(self) -> torch.Tensor | None:
+        """Per element: the draws in which its gradient was nonzero (None before any draw)."""
+        if self._counts is None and self.draws:
+            self._counts = torch.full(self.shape, self.dense_draws, dtype=self.count_dtype)
+        return self._counts
+
+    @property
+    def counts_implicit(self) -> bool:
+        """Every draw with a gradient was dense (and there was one): the counts are `dense_draws`."""
+        return self._counts is None and self.dense_draws > 0
 
     @property
     def ever_nonzero(self) -> torch.Tensor | None:
@@ -65,30 +88,31 @@ class Track:
 
     @property
     def dead(self) -> int:
-        return 0 if self.alive_counts is None else int((self.alive_counts == 0).sum())
+        if self._counts is None:  # implicit counts: all dense, or no gradient yet
+            return self._numel() if self.draws and not self.dense_draws else 0
+        return int((self._counts == 0).sum())
+
+    def _numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
 
     # -- the decision -----------------------------------------------------------------------
     def false_alarm_odds(self) -> float:
-        """Expected number of dead elements that are only dead by chance, after these draws.
-
-        Elements that do get a gradient get it in some fraction of draws; a dead element with the
-        rate of the rarer live ones stays dead by chance with probability (1 - rate) ** draws.
-        """
-        counts = self.alive_counts
-        alive = counts[counts > 0]
-        if alive.numel():
-            rate = float(torch.quantile(alive.double() / self.draws, RATE_QUANTILE))
-        else:
-            rate = PRIOR_RATE
-        return self.dead * (1.0 - min(rate, 1.0)) ** self.draws
+        """The case-wide odds that its zero pattern is luck (gradaudit.evidence); inf if undecided."""
+        return self.decision.odds if self.decision is not None else math.inf
 
     @property
     def confirmed(self) -> bool:
-        return self.false_alarm_odds() < FALSE_ALARM
+        return self.decision is not None and self.decision.confirmed
 
     @property
     def pattern(self) -> torch.Tensor:
-        """The elements of its zero pattern: those that never got a gradient."""
+        """The elements of its confirmed zero pattern (a dead column, not the column plus the
+        elements dead by luck so far); undecided: every element that never got a gradient."""
+        if self.decision is not None and self.decision.mask is not None:
+            return self.decision.mask
         return ~self.ever_nonzero
 
     def verdict(self, draws: int) -> str:
@@ -100,7 +124,7 @@ class Track:
             return "none"
         if not self.dead or not self.confirmed:
             return "ok"
-        if self.dead == self.alive_counts.numel():
+        if self.dead == self._numel():
             return "zero"
         return "partial"
 
@@ -109,8 +133,8 @@ class Track:
         verdict = self.verdict(draws) if draws else ("none" if self.requires_grad else "not-required")
         result = InputResult(name=self.name, shape=self.shape, dtype=self.dtype,
                              requires_grad=self.requires_grad, grad=verdict)
-        if self.requires_grad and self.alive_counts is not None:
-            numel = self.alive_counts.numel()
+        if self.requires_grad and self.draws:
+            numel = self._numel()
             result.zero_fraction = round(self.dead / numel, 6) if numel else 0.0
             result.nonfinite_count = self.nonfinite
             result.grad_norm = round(sum(self.norms) / len(self.norms), 6) if self.norms else None
@@ -119,28 +143,61 @@ class Track:
         return result
 
 
+def _dense(g: torch.Tensor) -> bool:
+    """No element of `g` is zero, with no mask: the smallest magnitude is above zero (a NaN makes it
+    NaN, so the exact masked path decides). `abs().amin()` is about half `count_nonzero`'s cost."""
+    if g.numel() == 0:
+        return True
+    if g.layout is not torch.strided:
+        return int(torch.count_nonzero(g)) == g.numel()
+    return float(g.abs().amin()) > 0
+
+
 class StopRule:
-    """The case-wide decision on the zero patterns of a case's tracks."""
+    """The case-wide decision on the zero patterns of a case's tracks (one false-alarm budget)."""
 
     def __init__(self, tracks: dict[str, Track], spec: CaseSpec) -> None:
         self.tracks = tracks
         self.repeats = spec.repeats
+        self.cap = max(spec.repeats, MAX_DRAWS)
         self.declared = set(spec.expect.no_grad)
+        # Every input the same in each draw: draws that agree add no evidence.
+        self.identical = all(i.init in FIXED_INITS for i in spec.inputs)
+        self._decided_at = -1  # the draw count of the last decision
+        self._next = 0  # no decision before this many draws: none before could confirm anything
+        self._watches: list[tuple[Track, evidence.Watch]] = []  # meanwhile, the still-dead elements
 
     def wants_more(self, draws: int) -> bool:
         """Draw again until every suspected zero pattern is confirmed or ruled out."""
         if draws < self.repeats:
             return True
-        if draws >= MAX_DRAWS:
+        if draws >= self.cap:
             return False
-        for track in self.tracks.values():
-            if not track.requires_grad or track.name in self.declared or track.nonfinite:
-                continue
-            if track.none_draws == track.draws or not track.dead:
-                continue
-            if not track.confirmed:
-                return True
-        return False
+        if draws < self._next and any(w.any_dead(t.alive_counts) for t, w in self._watches):
+            return True  # drawing on to the next decision, unless the pattern vanished
+        pending = [t for t in self._decide(draws) if t.decision is not None and t.decision.state == evidence.MORE]
+        self._next = draws + min((t.decision.wait for t in pending), default=1)
+        waiting = self._next > draws + 1
+        self._watches = [(t, evidence.Watch(t.alive_counts)) for t in pending] if waiting else []
+        return bool(pending)
 
     def settle(self, draws: int) -> None:
-        """Make the decision final before the verdicts are read (each track decides on its own today)."""
+        """Make the decision final before the verdicts are read."""
+        self._decide(draws)
+
+    def _decide(self, draws: int) -> list[Track]:
+        audited = [t for t in self.tracks.values() if t.requires_grad and t.name not in self.declared
+                   and not t.nonfinite and t.draws and t.none_draws < t.draws]
+        if self._decided_at != draws:
+            self._decided_at = draws
+            # A tensor dense in every draw so far has no counts to read: nothing of it is dead.
+            dense = [t for t in audited if t.counts_implicit]
+            counted = [t for t in audited if not t.counts_implicit]
+            decisions = evidence.decide({t.name: t.alive_counts for t in counted}, draws, max_draws=self.cap,
+                                        alpha=FALSE_ALARM, identical_draws=self.identical,
+                                        dense_shapes=[t.shape for t in dense])
+            for track in dense:
+                track.decision = evidence.Decision(evidence.NO_FINDING, 0.0)
+            for track in counted:
+                track.decision = decisions[track.name]
+        return audited

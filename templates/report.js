@@ -187,6 +187,7 @@
         if (f.where) {
           add(item, add(el("p", "where"), "at ", el("code", null, f.where), f.same ? " (the line shown above)" : null));
           if (f.src && f.src.length) { add(item, source(f.src, f.where)); }
+          if (f.second) { add(item, el("p", "where second", f.second)); }
           if (f.chain) {
             var chain = el("details", "chain");
             add(chain, el("summary", null, "called from (" + f.chain.length + " frame" +

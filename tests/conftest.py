@@ -13,16 +13,30 @@ import pytest
 from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parent.parent
-# ../shared sits beside the checkout (in CI too); from a git worktree, look further up.
-SHARED = next((p / "shared" for p in REPO.parents if (p / "shared" / "tools").is_dir()),
-              REPO.parent / "shared")
-CHECK_RESULTS = SHARED / "tools" / "check_results.py"
 LOSSES = Path(__file__).resolve().parent / "losses"
+
+
+def _written_results(args: list[str], cwd: Path | None) -> list[Path]:
+    """The results.json files a `run` or `report` command line writes (-o DIR, --json PATH)."""
+    args = [str(a) for a in args]
+    if not args or args[0] not in ("run", "report"):
+        return []
+    base = Path(cwd) if cwd is not None else Path.cwd()
+    paths = []
+    for flag, value in zip(args, args[1:], strict=False):
+        if flag in ("-o", "--output"):
+            paths.append(base / value / "results.json")
+        elif flag == "--json":
+            paths.append(base / value)
+    return [p for p in paths if p.is_file()]
 
 
 @pytest.fixture
 def cli_invoke():
-    """Run the CLI in-process; print its output when the exit code is not what the test expects."""
+    """Run the CLI in-process; print its output when the exit code is not what the test expects.
+
+    Every results.json the command wrote is checked against the published schema.
+    """
     from gradaudit.cli import app
 
     def invoke(args: list[str], expect_ok: bool | None = True, exit_code: int | None = None):
@@ -35,24 +49,29 @@ def cli_invoke():
         if expect_ok is False and exit_code is None and result.exit_code == 0:
             print(result.output)
             raise AssertionError(f"gradaudit {' '.join(map(str, args))} succeeded, expected failure")
+        for path in _written_results(args, None):
+            check_contract(path)
         return result
 
     return invoke
 
 
 def run_gradaudit(*args, cwd: Path | None = None, timeout: float = 300, env: dict | None = None):
-    """Run `python -m gradaudit` as a real process of this checkout's code."""
+    """Run `python -m gradaudit` as a real process of this checkout's code; check the results it wrote."""
     full_env = {**os.environ, "PYTHONPATH": str(REPO), **(env or {})}
-    return subprocess.run([sys.executable, "-m", "gradaudit", *map(str, args)], cwd=cwd, env=full_env,
+    proc = subprocess.run([sys.executable, "-m", "gradaudit", *map(str, args)], cwd=cwd, env=full_env,
                           capture_output=True, text=True, timeout=timeout)
+    for path in _written_results(list(args), cwd):
+        check_contract(path)
+    return proc
 
 
 def check_contract(path: Path) -> None:
-    """Assert that a results.json passes the contract checker shipped in ../shared."""
-    if not CHECK_RESULTS.exists():
-        pytest.fail(f"the contract checker {CHECK_RESULTS} is missing")
-    proc = subprocess.run([sys.executable, str(CHECK_RESULTS), str(path)], capture_output=True, text=True)
-    assert proc.returncode == 0, f"check_results.py rejected {path}:\n{proc.stdout}{proc.stderr}"
+    """Assert that a results.json is valid against the published schema (gradaudit/results.schema.json)."""
+    from gradaudit.resultschema import load_results, validate_results
+
+    problems = validate_results(load_results(Path(path).read_bytes()))
+    assert not problems, f"{path} does not follow gradaudit/results.schema.json:\n" + "\n".join(problems)
 
 
 @pytest.fixture

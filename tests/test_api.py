@@ -188,6 +188,7 @@ def test_a_loss_named_by_string_is_imported_from_root():
     assert result.ok and result.results[0].case == "custom_mse"
 
 
+@pytest.mark.slow
 def test_api_and_cli_give_the_same_verdicts(audit_config):
     code, doc = audit_config("""\
         cases:

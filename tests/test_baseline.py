@@ -106,6 +106,7 @@ def write(tmp_path, name, cases: dict[str, str]):
     return path
 
 
+@pytest.mark.slow
 def test_run_with_baseline_marks_and_gates_on_new(tmp_path, cli_invoke):
     broken, good = "spine:raises", "spine:raises_twin"
     first = write(tmp_path, "first.yaml", {"fixed_one": broken, "breaks_now": good, "old_debt": broken,

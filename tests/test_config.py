@@ -56,7 +56,7 @@ GOOD_CASE = """\
     ("version: 1\ncases:\n" + GOOD_CASE.replace("a: {shape: [2]}", "a: {shape: [2], hihg: 3, init: randint}"),
      "c.yaml:6:23: cases[0].inputs.a.hihg: unknown key 'hihg' (did you mean 'high'?)"),
     ("version: 1\ncases:\n" + GOOD_CASE + "    devices: [gpu]\n",
-     "c.yaml:8:15: cases[0].devices[0]: unknown device 'gpu': use cpu, cuda, cuda:N or mps"),
+     "c.yaml:8:15: cases[0].devices[0]: unknown device 'gpu' (did you mean 'cuda'?): use cpu, cuda, cuda:N or mps"),
     ("version: 1\ncases:\n" + GOOD_CASE + "    expect: {ignore: [partial-grads]}\n",
      "cases[0].expect.ignore[0]: unknown finding ID 'partial-grads' (did you mean 'partial-grad'?)"),
     ("version: 1\ncases:\n" + GOOD_CASE + "    expect: {no_grad: [c]}\n",
@@ -151,10 +151,12 @@ def test_validate_accepts_a_good_config_and_names_broken_losses(tmp_path, cli_in
                    + GOOD_CASE.replace("name: ok", "name: arity").replace(
                        "torch.nn.functional:mse_loss", "spine:raises"))
     result = cli_invoke(["validate", bad], exit_code=1)
-    assert "bad.yaml:4: case 'ok': cannot import loss 'spine:missing_function'" in result.output
-    assert "case 'arity': spine:raises cannot take inputs (a, b)" in result.output
+    assert "bad.yaml:5:11: cases[0].loss: cannot import 'spine:missing_function': 'spine' has no attribute " \
+        "'missing_function'" in result.output
+    assert "bad.yaml:10:11: cases[1].loss: spine:raises cannot take inputs (a, b)" in result.output
 
 
+@pytest.mark.slow
 def test_init_writes_a_config_that_validates(tmp_path, cli_invoke):
     path = tmp_path / "starter.yaml"
     cli_invoke(["init", path])

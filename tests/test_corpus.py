@@ -18,12 +18,22 @@ from typer.testing import CliRunner
 
 from tests.conftest import LOSSES, check_contract
 
+pytestmark = pytest.mark.slow  # whole runs: CI runs them, `-m "not slow"` (the fast lane) does not
+
 XY = "x: {shape: [B, C]}\n      y: {shape: [B, C]}"
 XT = "x: {shape: [B, C]}\n      t: {shape: [B, C], requires_grad: false}"
 X = "x: {shape: [B, C]}"
 XT2 = "x: {shape: [B, 2]}\n      t: {shape: [B, 2], requires_grad: false}"
 RATIO = "x: {shape: [B, 2], init: uniform, low: 0.5, high: 2.0}\n      t: {shape: [B], requires_grad: false}"
 ONEHOT = "x: {shape: [B, C]}\n      t: {shape: [B, C], init: one_hot, requires_grad: false}"
+MASKS = ("y_pred: {shape: [B, 3, 4, 4]}\n      y_true: {shape: [B, 3, 4, 4], init: randint, high: 2, dtype: int64, "
+         "requires_grad: false}")
+X2 = "x: {shape: [B, 2]}"
+SIZES = "x: {shape: [B, 2]}\n      t: {shape: [B, 2], init: uniform, low: 0.5, high: 2.0, requires_grad: false}"
+IMAGES = ("y_pred: {shape: [B, C, 8, 8]}\n      y_true: {shape: [B, C, 8, 8], init: randint, high: 2, "
+          "dtype: float32, requires_grad: false}")
+WIDE = "x: {shape: [B, 16]}\n      t: {shape: [B, 16], requires_grad: false}"
+LABELS = "x: {shape: [B, C]}\n      t: {shape: [B], init: randint, high: 4, dtype: int64, requires_grad: false}"
 
 # case: (module:loss, inputs, headline finding, the verdict it explains or None, extra case yaml)
 BUGS = {
@@ -54,6 +64,17 @@ BUGS = {
     "floor_bins": ("cause_graph_break:floor_bins", XT, "graph-break", "zero-grad", ""),
     "sign_margin": ("cause_graph_break:sign_margin", XT, "graph-break", "zero-grad", ""),
     "helper_chain": ("cause_graph_break:helper_chain", XY, "graph-break", "input-disconnected", ""),
+    "byol_target": ("cause_graph_break:byol_target", XY, "graph-break", "input-disconnected", ""),
+    # the line that selected the live part, a custom Function's backward, a replaced loss
+    "TaskWeights": ("cause_where:TaskWeights", XT, "partial-grad", None, ""),
+    "DiceClasses": ("cause_where:DiceClasses", MASKS, "partial-grad", None, ""),
+    "EntmaxLearnedAlpha": ("cause_where:EntmaxLearnedAlpha", LABELS, "graph-break", "input-disconnected", ""),
+    "forecast_replace": ("cause_where:forecast_replace", XT, "graph-break", "loss-no-grad", ""),
+    # silent bugs: a dead term, a saturating range
+    "argmax_penalty": ("cause_dead:argmax_penalty", LABELS, "dead-term", None, ""),
+    "detached_regulariser": ("cause_dead:detached_regulariser", XT, "dead-term", None, ""),
+    "clamp_logits": ("cause_dead:clamp_logits", IMAGES, "saturated-grad", None, ""),
+    "hardtanh_wide": ("cause_dead:hardtanh_wide", WIDE, "saturated-grad", None, ""),
     # nn.Module losses
     "FrozenScale": ("cause_modules:FrozenScale", XT, "graph-break", "input-disconnected", ""),
     "DataWeight": ("cause_modules:DataWeight", XT, "graph-break", "input-disconnected", ""),
@@ -72,6 +93,9 @@ BUGS = {
     "angle_to_self": ("cause_nonfinite:angle_to_self", X, "nonfinite-grad", None, ""),
     "root_of_masked": ("cause_nonfinite:root_of_masked", X, "nonfinite-grad", None, ""),
     "log_prob_underflow": ("cause_nonfinite:log_prob_underflow", ONEHOT, "loss-nonfinite", None, ""),
+    "pairwise_upper": ("cause_nonfinite:pairwise_upper", X, "nonfinite-grad", None, ""),
+    "flat_box_ciou": ("cause_nonfinite:flat_box_ciou", SIZES, "nonfinite-grad", None, ""),
+    "ratio_of_masked": ("cause_nonfinite:ratio_of_masked", X2, "nonfinite-grad", None, ""),
     # device-portability
     "weights_without_device": ("cause_portability:weights_without_device", XT, "device-portability", None, ""),
     "positions_without_device": ("cause_portability:positions_without_device", XT, "device-portability",
@@ -79,6 +103,7 @@ BUGS = {
     "moved_to_cpu": ("cause_portability:moved_to_cpu", XT, "device-portability", None, ""),
     "explicit_cpu": ("cause_portability:explicit_cpu", XT, "device-portability", None, ""),
     "UnregisteredWeights": ("cause_portability:UnregisteredWeights", XT, "device-portability", None, ""),
+    "RunningCovariance": ("cause_portability:RunningCovariance", XY, "device-portability", None, ""),
 }
 
 
@@ -91,9 +116,22 @@ TWINS = {f"{name.rstrip('_')}_twin": (_twin(loss), inputs, extra)
          for name, (loss, inputs, _, _, extra) in BUGS.items()}
 TWINS["no_grad_normalise_twin"] = ("cause_graph_break:no_grad_target_twin", XY, "expect: {no_grad: [y]}")
 TWINS["custom_function_twin"] = ("cause_graph_break:custom_function_twin", XY, "")
+TWINS["byol_target_twin"] = ("cause_graph_break:byol_target_twin", XY, "expect: {no_grad: [y]}")
 # Not in BUGS: on a CPU-only machine it fails in forward (see its own test); its twin must pass anywhere.
 EXTRA_BUGS = {"hardcoded_cuda": ("cause_portability:hardcoded_cuda", XT, "")}
 TWINS["hardcoded_cuda_twin"] = ("cause_portability:hardcoded_cuda_twin", XT, "")
+# Correct device handling seen in libraries (auraloss, pytorch-msssim, smp, geomloss, torchmetrics,
+# timm): no device-portability finding at all.
+PORTABLE = {
+    "WindowMovedInForward": XT, "GaussWindowTwin": XT, "ClassWeightsTypeAsTwin": XT, "ones_type_as_twin": XT,
+    "IndexAttributeTwin": XT, "MetricStateTwin": XT, "RebuiltEachCallTwin": ONEHOT, "bincount_weights_twin": ONEHOT,
+}
+# What stays quiet beside dead-term and saturated-grad: a relu, a hinge, top-k, a detached weight, a mask.
+QUIET = {"relu_twin": WIDE, "hinge_twin": WIDE, "topk_twin": WIDE, "clamp_wide_twin": WIDE, "mask_twin": XT,
+         "where_twin": XT, "zero_weighted_metric_twin": XT, "straight_through_twin": XT,
+         "gradient_injection_twin": XT}
+TWINS.update({f"quiet_{name}": (f"cause_dead:{name}", inputs, "") for name, inputs in QUIET.items()})
+TWINS.update({f"portable_{name}": (f"cause_portability:{name}", inputs, "") for name, inputs in PORTABLE.items()})
 
 
 def _config() -> str:
@@ -151,10 +189,14 @@ def test_bug_is_found_at_its_culprit_line(corpus, case):
         # the one-line summary names the culprit line
         assert f"{module}.py:{first['location']['line']}" in r["summary_line"]
     if headline == "inplace-version-conflict":
-        changed = first["detail"]["modified_by"]["location"]
-        assert changed["line"] == marker_line(module, "MUTATES", name)
-        assert f":{changed['line']}" in first["message"] and f":{first['location']['line']}" in first["message"]
-    if headline == "device-portability":
+        # the location is the in-place op (the line to change); the saver is the second line
+        saver = marker_line(module, "SAVES", name)
+        assert first["detail"]["modified_by"]["location"]["line"] == first["location"]["line"]
+        assert first["second"]["line"] == saver and first["second"]["label"] == "saved for backward at"
+        assert first["detail"]["saved_by"]["location"]["line"] == saver
+        assert f":{saver}" in first["message"] and f":{first['location']['line']}" in first["message"]
+        assert f"{module}.py:{first['location']['line']}" in r["summary_line"]
+    if headline in ("device-portability", "dead-term", "saturated-grad"):
         assert r["status"] == "warn"
 
 
@@ -163,6 +205,11 @@ def test_twin_has_no_failure(corpus, case):
     r = corpus[case]
     assert r["status"] == "pass", r["findings"]
     assert all(f["severity"] == "info" for f in r["findings"])
+
+
+@pytest.mark.parametrize("case", [f"portable_{name}" for name in PORTABLE] + ["RunningCovariance_twin"])
+def test_device_following_code_gets_no_portability_finding(corpus, case):
+    assert "device-portability" not in [f["id"] for f in corpus[case]["findings"]], corpus[case]["findings"]
 
 
 def test_helper_chain_is_in_the_location(corpus):
@@ -179,6 +226,68 @@ def test_nonfinite_origin_says_why(corpus):
     assert sqrt["detail"]["node"] == "SqrtBackward0"
     masked = corpus["where_sqrt"]["findings"][0]
     assert "incoming gradient there is 0" in masked["message"]
+
+
+@pytest.mark.parametrize("case, says, never", [
+    # an infinite derivative with a finite incoming gradient: no hint about a hidden branch
+    ("pairwise_distance", [], ["hides the branch", "incoming gradient there is 0"]),
+    # the zero incoming gradient is named by what passed it
+    ("pairwise_upper", ["incoming gradient there is 0 (triu keeps only the upper triangle"], ["torch.where", "mask"]),
+    ("flat_box_ciou", ["divides by 0", "of the divisor are 0", "atan's derivative is 0 at ±infinity"],
+     ["torch.where", "mask", "its input of"]),
+    ("where_sqrt", ["a torch.where hides the branch in the forward pass"], []),
+    ("ratio_of_masked", ["of the divisor", "the clamp after it passes no gradient where it clips"],
+     ["its input of the divisor", "torch.where"]),
+    ("log_prob_underflow", ["it began at torch.log in `"], []),
+])
+def test_nonfinite_words_fit_the_case(corpus, case, says, never):
+    message = corpus[case]["findings"][0]["message"]
+    for text in says:
+        assert text in message, message
+    for text in never:
+        assert text not in message, message
+
+
+def test_partial_grad_words_agree_in_number(corpus):
+    partial = next(f for f in corpus["DiceClasses"]["findings"] if f["id"] == "partial-grad")
+    assert partial["message"].startswith("index 0 along dim 1 of y_pred [8, 3, 4, 4] never receives a gradient")
+    assert "keeps only part of a tensor computed from `y_pred`" in partial["message"]
+    task = next(f for f in corpus["TaskWeights"]["findings"] if f["id"] == "partial-grad")
+    assert task["message"].startswith("element 1 of param:log_vars [2] never receives a gradient")
+    assert "keeps only part of `param:log_vars`" in task["message"]
+
+
+def test_custom_function_break_is_its_backward(corpus):
+    first = corpus["EntmaxLearnedAlpha"]["findings"][0]
+    assert first["detail"]["kind"] == "custom-backward" and first["location"]["function"] == "backward"
+    assert "returns None for its input that `param:raw_alpha` reaches it through" in first["message"]
+    assert "declared here and never used" not in json.dumps(corpus["EntmaxLearnedAlpha"]["findings"])
+
+
+def test_an_undeclared_stop_gradient_target_suggests_expect_no_grad(corpus):
+    first = corpus["byol_target"]["findings"][0]
+    assert "declare it: expect: {no_grad: [y]}" in first["message"], first["message"]
+    # not where the cut input is the prediction's own value, or the cut is no stop-gradient
+    for case in ("self_target", "argmax_onehot", "data_attribute", "FrozenScale"):
+        assert "expect: {no_grad" not in json.dumps(corpus[case]["findings"]), case
+
+
+def test_dead_term_replaces_the_info_break(corpus):
+    findings = corpus["argmax_penalty"]["findings"]
+    assert [f["id"] for f in findings] == ["dead-term"], findings
+    assert "changes the loss value and never training" in findings[0]["message"]
+    assert findings[0]["detail"]["kind"] == "index"
+    for case in ("detached_regulariser_twin", "quiet_where_twin", "quiet_straight_through_twin"):
+        assert [f["severity"] for f in corpus[case]["findings"] if f["id"] == "graph-break"] == ["info"], case
+
+
+def test_saturation_names_the_range_and_the_fraction(corpus):
+    first = corpus["clamp_logits"]["findings"][0]
+    assert first["input"] == "y_pred" and first["detail"]["range"] == [1e-7, 1 - 1e-7]
+    assert "clips its input to [1e-07, 0.9999999]" in first["message"]
+    assert re.search(r"(6[4-9])% of the drawn values lie outside that range", first["message"]), first["message"]
+    assert 0.6 < first["detail"]["outside_fraction"] < 0.72
+    assert not [f for f in corpus["clamp_logits"]["findings"] if f["id"] == "partial-grad"]
 
 
 def test_unused_parameter_points_at_its_declaration(corpus):

@@ -2,8 +2,7 @@
 
 Every test here is marked `cuda` and skipped where torch sees no GPU (tests/conftest.py); the same
 logic is tested on CPU through a fake device in tests/test_devices.py and tests/test_parity.py.
-scripts/gpu_check.sh runs these on a lent GPU, where ../shared (the contract checker) is absent:
-the results' contract is checked by the CPU tests.
+scripts/gpu_check.sh runs these on a lent GPU; the results' schema is checked by the CPU tests.
 """
 
 from __future__ import annotations

@@ -56,6 +56,7 @@ def test_mps_and_unknown_devices(monkeypatch):
     assert "unknown device" in skip_reason("tpu")
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the skip without CUDA")
 def test_run_on_cpu_and_cuda_audits_cpu_and_skips_cuda(cli_invoke, tmp_path):
     """The issue's "done when": the torch sample on a CPU machine, with --device cpu --device cuda."""
@@ -240,6 +241,7 @@ def test_healthy_cases_synchronize_and_pass(write_config):
 
 
 # -- tensors on two devices -----------------------------------------------------------------------------
+@pytest.mark.slow
 def test_mixed_devices_point_at_the_factory_that_made_the_stray_tensor(write_config):
     """On the meta device a CPU-made tensor really clashes, as it does on CUDA."""
     results = run_with(FakeCuda(meta=True), write_config, """
@@ -256,6 +258,7 @@ def test_mixed_devices_point_at_the_factory_that_made_the_stray_tensor(write_con
     assert finding.detail["stray_device"] == "cpu"
 
 
+@pytest.mark.slow
 def test_stray_scan_finds_the_factory_and_not_its_fixed_twin():
     from gradaudit.opscan import stray_tensors
     from tests.losses import device_faults

@@ -155,7 +155,8 @@ def test_version_conflict_has_anomaly_trace(spine_run):
     _, results = spine_run
     r = results["inplace"]
     assert "sigmoid" in r["error"]["anomaly_trace"]
-    assert r["findings"][0]["location"]["code"] == "p = torch.sigmoid(x)"
+    assert r["findings"][0]["location"]["code"] == "p.mul_(2.0)"  # the in-place op: the line to change
+    assert r["findings"][0]["second"]["code"] == "p = torch.sigmoid(x)"  # the op that saved the tensor
 
 
 def test_expect_no_grad_allows_declared_input(spine_run):
@@ -205,6 +206,7 @@ def test_import_errors_are_errors_of_that_case_alone(spine_run):
     assert code == 1
 
 
+@pytest.mark.slow
 def test_exit_codes(audit_config):
     good = textwrap.dedent("""\
         cases:
@@ -229,6 +231,7 @@ def test_inputs_of_a_draw_that_never_reached_a_gradient_are_not_called_ok(spine_
     assert {i["name"]: i["grad"] for i in r["inputs"]} == {"x": "none"}
 
 
+@pytest.mark.slow
 def test_many_repeats_do_not_wrap_the_gradient_counts(audit_config):
     """Counts are bytes by default; 256 draws must not wrap them round to zero."""
     _, doc = audit_config("""\

@@ -24,6 +24,7 @@ SCRUBS = [
     (re.escape(platform.python_version()), "PYTHON_VERSION"),
     (r"(gradaudit[\" ]+(value=\")?)" + re.escape(__version__), r"\1GRADAUDIT_VERSION"),
     (r"/[^\s\"<>']*/(config\.yaml)", r"TMP/\1"),
+    (r'file="/[^"]*/(losses/[^"/]+)"', r'file="TMP/\1"'),  # JUnit's culprit files, beside the config
 ]
 
 

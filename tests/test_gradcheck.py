@@ -47,6 +47,7 @@ def sample_run(tmp_path_factory):
     return result.exit_code, by_case(json.loads((out / "results.json").read_text()))
 
 
+@pytest.mark.slow
 def test_the_wrong_sign_is_caught_only_with_gradcheck(sample_run):
     code, results = sample_run
     assert code == 0, "the sample's known-bad case is declared expect.status: fail"
@@ -58,6 +59,7 @@ def test_the_wrong_sign_is_caught_only_with_gradcheck(sample_run):
     assert "gradcheck" not in missed
 
 
+@pytest.mark.slow
 def test_the_mismatch_names_input_element_values_and_the_backward_line(sample_run):
     _, results = sample_run
     finding = results["wrong_sign_mse"]["findings"][0]
@@ -72,6 +74,7 @@ def test_the_mismatch_names_input_element_values_and_the_backward_line(sample_ru
     assert "WrongSignSquare" in finding["message"]
 
 
+@pytest.mark.slow
 def test_the_result_says_how_gradcheck_shrank_the_inputs(sample_run):
     _, results = sample_run
     info = results["wrong_sign_mse"]["gradcheck"]
@@ -81,6 +84,7 @@ def test_the_result_says_how_gradcheck_shrank_the_inputs(sample_run):
     assert results["custom_mse"]["gradcheck"]["passed"] is True
 
 
+@pytest.mark.slow
 def test_the_correct_twin_passes(sample_run):
     _, results = sample_run
     assert results["custom_mse"]["status"] == "pass"
@@ -91,6 +95,7 @@ def test_the_correct_twin_passes(sample_run):
     ("leaky_relu_at_zero", "leaky_relu_loss", torch.zeros),
     ("max_with_ties", "max_of_rows", torch.ones),
 ])
+@pytest.mark.slow
 def test_kinks_do_not_flap(sample_run, case, loss, init):
     _, results = sample_run
     # Ground truth: torch's own gradcheck fails on the sample's first draw, which sits on the kink...

@@ -297,6 +297,7 @@ def test_autoescape_holds_for_the_j2_suffix():
     assert env.get_template("report.html.j2").environment.autoescape is True
 
 
+@pytest.mark.slow
 def test_a_nightly_is_light_at_load():
     """2,000 results, 100 failing from 7 causes: a small page whose HTML holds the problems, not every result."""
     run = reportdata.nightly_run(2000)
@@ -319,6 +320,7 @@ def test_a_nightly_is_light_at_load():
             assert not any("map" in i for i in rec.get("inputs", []))
 
 
+@pytest.mark.slow
 def test_html_reporter_does_not_import_torch():
     code = ("import sys, io; from gradaudit.htmlreport import write_html; from gradaudit.model import RunResults; "
             "write_html(RunResults(), io.StringIO()); assert 'torch' not in sys.modules")

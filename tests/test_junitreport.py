@@ -91,7 +91,7 @@ def test_hostile_and_control_characters_survive_as_text(tmp_path):
     xml = read_back(reportdata.sample_run([r]), tmp_path)
     (case,) = list(cases_of(xml).values())
     assert case.name == f"{reportdata.HOSTILE}[cpu]"
-    assert case.result[0].message == "bad ?[31mred?[0m " + reportdata.HOSTILE
+    assert case.result[0].message == "bad \\x1b[31mred\\x1b[0m " + reportdata.HOSTILE  # shown, not acted on
 
 
 @pytest.mark.parametrize("status", ["timeout", "crash"])
@@ -100,3 +100,19 @@ def test_timeouts_and_crashes_are_errors(tmp_path, status):
     r.status = status
     (outcome,) = cases_of(read_back(reportdata.sample_run([r]), tmp_path))["segfaults[cpu]"].result
     assert isinstance(outcome, junitparser.Error)
+
+
+def test_testcases_carry_the_culprit_file_and_line(tmp_path):
+    """CI annotation tools read testcase file/line: the worst located finding, relative to where
+    gradaudit ran (the config's folder joined onto its location)."""
+    run = reportdata.sample_run()
+    run.config["path"] = "ci/gradaudit.yaml"
+    cases = cases_of(read_back(run, tmp_path))
+    failing = cases["ratio_loss[cpu]"]  # info graph-break (no location) and partial-grad at ratio.py:7
+    assert (failing._elem.get("file"), failing._elem.get("line")) == ("ci/losses/ratio.py", "7")
+    assert cases["sigmoid_inplace[cpu]"]._elem.get("file") == "ci/losses/act.py"
+    assert cases["sigmoid_inplace[cpu]"]._elem.get("line") == "3"
+    for unlocated in ("mse[cpu]", "broken_import[cpu]", "per_sample[cpu]"):
+        assert cases[unlocated]._elem.get("file") is None and cases[unlocated]._elem.get("line") is None
+    run.config["path"] = "gradaudit.yaml"
+    assert cases_of(read_back(run, tmp_path))["ratio_loss[cpu]"]._elem.get("file") == "losses/ratio.py"

@@ -82,6 +82,7 @@ def test_sigmoid_inplace_names_both_ends(seed):
     changed = line_of(".mul_(", "sigmoid_inplace_conflict")
     assert conflict["detail"]["saved_by"]["location"]["line"] == saved
     assert conflict["detail"]["modified_by"]["location"]["line"] == changed
+    assert conflict["location"]["line"] == changed and conflict["second"]["line"] == saved
     assert conflict["detail"]["modified_by"]["op"] == "Tensor.mul_"
     assert (conflict["detail"]["version_saved"], conflict["detail"]["version_now"]) == (0, 1)
     assert f"seed_losses.py:{saved}" in conflict["message"]

@@ -8,6 +8,8 @@ import pytest
 
 from tests.conftest import REPO, by_case, check_contract, finding_ids, run_gradaudit
 
+pytestmark = pytest.mark.slow  # whole runs: CI runs them, `-m "not slow"` (the fast lane) does not
+
 SAMPLES = REPO / "sample_configs"
 
 
@@ -60,7 +62,8 @@ def test_sigmoid_inplace_is_a_version_conflict(seed_run):
     r = by_case(seed_run[1])["sigmoid_inplace"]
     conflict = next(f for f in r["findings"] if f["id"] == "inplace-version-conflict")
     assert conflict["location"]["file"] == "seed_losses.py"
-    assert "torch.sigmoid(predictions)" in conflict["location"]["code"]
+    assert ".mul_(" in conflict["location"]["code"]  # the in-place op: the line to change
+    assert "torch.sigmoid(predictions)" in conflict["second"]["code"]
 
 
 def test_seed_summary_is_printed(seed_run):

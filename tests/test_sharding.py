@@ -87,6 +87,7 @@ def _scrub(doc: dict) -> dict:
     return doc
 
 
+@pytest.mark.slow
 def test_shards_merge_into_the_unsharded_report(write_config, cli_invoke, tmp_path):
     from tests.test_findings import _config
 

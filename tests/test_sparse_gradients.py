@@ -61,6 +61,7 @@ def _statuses(spec, ctx, loss=None):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["label_smoothed_ce", "triplet_margin", "masked_steps"])
 def test_correct_sparse_loss_never_flagged(specs, name):
     cases, ctx = specs
@@ -74,6 +75,7 @@ def test_correct_sparse_loss_never_flagged(specs, name):
 @pytest.mark.parametrize("name, finding", [("label_smoothed_ce", "partial-grad"),
                                            ("triplet_margin", "input-disconnected"),
                                            ("masked_steps", "partial-grad")])
+@pytest.mark.slow
 def test_broken_twin_flagged_in_every_seed(specs, name, finding):
     cases, ctx = specs
     results = _statuses(cases[name], ctx, loss=f"sparse:{name}_broken")
@@ -81,6 +83,7 @@ def test_broken_twin_flagged_in_every_seed(specs, name, finding):
     assert missed == []
 
 
+@pytest.mark.slow
 def test_structural_column_is_named(specs):
     cases, ctx = specs
     result = audit_case(dataclasses.replace(cases["label_smoothed_ce"], loss="sparse:label_smoothed_ce_broken"),
@@ -89,6 +92,7 @@ def test_structural_column_is_named(specs):
     assert partial.message.startswith("column 3 of logits [8, 4] never receives a gradient")
 
 
+@pytest.mark.slow
 def test_two_fixed_draws_would_have_flagged_them(specs, monkeypatch):
     """The control: without the adaptive confirmation these losses do get flagged."""
     from gradaudit import tracks

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import gradaudit
@@ -93,6 +94,7 @@ def test_no_submodule_shadows_a_name_of_the_package():
     assert not submodules & set(gradaudit.__all__)
 
 
+@pytest.mark.slow  # a fresh Python that imports torch
 def test_gradaudit_audit_works_on_every_call():
     code = ("import gradaudit\n"
             "for _ in range(2):\n"

@@ -286,3 +286,17 @@ class _Cube(torch.autograd.Function):
 
 def custom_function_twin(x, y):
     return ((_Cube.apply(x) - y) ** 2).mean()
+
+
+# -- a stop-gradient target the config does not declare ---------------------------------------
+def byol_target(x, y):
+    """lightly / byol-pytorch's BYOL loss: the target projection is detached by design."""
+    p = F.normalize(x, dim=-1)
+    z = F.normalize(y.detach(), dim=-1)  # CULPRIT: byol_target
+    return 2 - 2 * (p * z).sum(dim=-1).mean()
+
+
+def byol_target_twin(x, y):
+    p = F.normalize(x, dim=-1)
+    z = F.normalize(y.detach(), dim=-1)  # declared: expect.no_grad
+    return 2 - 2 * (p * z).sum(dim=-1).mean()

@@ -1,6 +1,7 @@
 """In-place ops on tensors saved for backward (inplace-version-conflict), beside safe in-place twins.
 
-`# CULPRIT: name` marks the op that saved the tensor; `# MUTATES: name` the in-place op that changed it.
+`# CULPRIT: name` marks the in-place op that changed the tensor (the line to change); `# SAVES: name`
+the op that saved it for backward (the finding's second line).
 """
 
 import torch
@@ -8,8 +9,8 @@ import torch.nn.functional as F
 
 
 def exp_then_add_(x):
-    e = torch.exp(x)  # CULPRIT: exp_then_add_
-    e.add_(1.0)  # MUTATES: exp_then_add_
+    e = torch.exp(x)  # SAVES: exp_then_add_
+    e.add_(1.0)  # CULPRIT: exp_then_add_
     return e.sum()
 
 
@@ -19,8 +20,8 @@ def exp_then_add_twin(x):
 
 
 def tanh_then_relu_(x):
-    h = torch.tanh(x)  # CULPRIT: tanh_then_relu_
-    h.relu_()  # MUTATES: tanh_then_relu_
+    h = torch.tanh(x)  # SAVES: tanh_then_relu_
+    h.relu_()  # CULPRIT: tanh_then_relu_
     return h.sum()
 
 
@@ -31,8 +32,8 @@ def tanh_then_relu_twin(x):
 
 
 def setitem_on_saved(x, t):
-    s = torch.sigmoid(x)  # CULPRIT: setitem_on_saved
-    s[:, 0] = 0.0  # MUTATES: setitem_on_saved
+    s = torch.sigmoid(x)  # SAVES: setitem_on_saved
+    s[:, 0] = 0.0  # CULPRIT: setitem_on_saved
     return (s * t).sum()
 
 
@@ -44,9 +45,9 @@ def setitem_on_saved_twin(x, t):
 
 
 def view_of_saved(x):
-    e = x.exp()  # CULPRIT: view_of_saved
+    e = x.exp()  # SAVES: view_of_saved
     column = e[:, 0]
-    column.mul_(0.5)  # MUTATES: view_of_saved
+    column.mul_(0.5)  # CULPRIT: view_of_saved
     return e.sum()
 
 
@@ -59,8 +60,8 @@ def view_of_saved_twin(x):
 
 def saved_operand(x, t):
     w = t.clone()
-    out = (x * w).sum()  # CULPRIT: saved_operand
-    w.add_(1.0)  # MUTATES: saved_operand
+    out = (x * w).sum()  # SAVES: saved_operand
+    w.add_(1.0)  # CULPRIT: saved_operand
     return out
 
 
@@ -72,8 +73,8 @@ def saved_operand_twin(x, t):
 
 def iadd_on_pow_input(x):
     h = x * 2
-    sq = h**2  # CULPRIT: iadd_on_pow_input
-    h += 1  # MUTATES: iadd_on_pow_input
+    sq = h**2  # SAVES: iadd_on_pow_input
+    h += 1  # CULPRIT: iadd_on_pow_input
     return (sq + h).sum()
 
 

@@ -4,6 +4,7 @@
 """
 
 import torch
+import torch.nn.functional as F
 
 
 def pairwise_distance(x):
@@ -62,3 +63,45 @@ def log_prob_underflow(x, t):
 
 def log_prob_underflow_twin(x, t):
     return -(t * torch.log_softmax(x * 1000, dim=1)).sum(1).mean()
+
+
+def pairwise_upper(x):
+    """Distances of the pairs above the diagonal: triu drops the diagonal's gradient, sqrt's is Inf there."""
+    diff = x[:, None, :] - x[None, :, :]
+    d = torch.sqrt((diff**2).sum(-1))  # CULPRIT: pairwise_upper
+    return d.triu(diagonal=1).sum()
+
+
+def pairwise_upper_twin(x):
+    diff = x[:, None, :] - x[None, :, :]
+    d = torch.sqrt((diff**2).sum(-1) + 1e-12)
+    return d.triu(diagonal=1).sum()
+
+
+def flat_box_ciou(x, t):
+    """torchvision ops/ciou_loss.py complete_box_iou_loss's aspect term, on predicted sizes where a
+    relu makes some heights 0: w / h is Inf there, atan's derivative at Inf is 0, and 0 × (1 / h) is NaN
+    in the division's backward. No where or mask is involved."""
+    w_pred, h_pred = F.softplus(x[:, 0]), F.relu(x[:, 1])
+    w_gt, h_gt = t[:, 0], t[:, 1]
+    aspect = torch.atan(w_gt / h_gt) - torch.atan(w_pred / h_pred)  # CULPRIT: flat_box_ciou
+    v = (4 / (torch.pi**2)) * torch.pow(aspect, 2)
+    return v.mean()
+
+
+def flat_box_ciou_twin(x, t):
+    w_pred, h_pred = F.softplus(x[:, 0]), F.softplus(x[:, 1])
+    w_gt, h_gt = t[:, 0], t[:, 1]
+    v = (4 / (torch.pi**2)) * torch.pow(torch.atan(w_gt / h_gt) - torch.atan(w_pred / h_pred), 2)
+    return v.mean()
+
+
+def ratio_of_masked(x):
+    """A division whose divisor is 0 in some rows."""
+    d = x[:, 0] * (x[:, 0] > 0)
+    return (x[:, 1] / d).clamp(-10, 10).mean()  # CULPRIT: ratio_of_masked
+
+
+def ratio_of_masked_twin(x):
+    d = torch.where(x[:, 0] > 0, x[:, 0], torch.ones_like(x[:, 0]))
+    return (x[:, 1] / d).clamp(-10, 10).mean()
