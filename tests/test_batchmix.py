@@ -67,6 +67,7 @@ def batch_run(tmp_path_factory):
     from typer.testing import CliRunner
 
     from gradaudit.cli import app
+    from tests.conftest import check_contract
 
     folder = tmp_path_factory.mktemp("batchmix")
     config = folder / "batch.yaml"
@@ -74,6 +75,7 @@ def batch_run(tmp_path_factory):
     result = CliRunner().invoke(app, ["run", str(config), "-o", str(folder / "out")])
     path = folder / "out" / "results.json"
     assert path.exists(), result.output
+    check_contract(path)
     return result.exit_code, by_case(json.loads(path.read_text()))
 
 
