@@ -82,22 +82,23 @@ LOSSES = {
 }
 
 
-def medians_ms(fns: list, repeats: int) -> list[tuple[float, float]]:
+def medians_ms(fns: list, repeats: int, clock=time.perf_counter) -> list[tuple[float, float]]:
     """Median and best time of each function, timed in turn (interleaved, so load on a shared
-    machine hits them alike)."""
+    machine hits them alike). `clock=time.thread_time` counts this thread's CPU time only: on a
+    loaded machine it leaves out the waits for a core."""
     for fn in fns:
         for _ in range(3):
             fn()
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
         for fn, bucket in zip(fns, times, strict=True):
-            start = time.perf_counter()
+            start = clock()
             fn()
-            bucket.append(time.perf_counter() - start)
+            bucket.append(clock() - start)
     return [(statistics.median(bucket) * 1000, min(bucket) * 1000) for bucket in times]
 
 
-def measure(loss, inputs, device: str, repeats: int) -> tuple[float, float, float]:
+def measure(loss, inputs, device: str, repeats: int, clock=time.perf_counter) -> tuple[float, float, float]:
     spec = prepare(loss, inputs, devices=[device])[0]
 
     def draw_loop(observers):
@@ -122,7 +123,9 @@ def measure(loss, inputs, device: str, repeats: int) -> tuple[float, float, floa
             assert loop.one(0), loop.record  # every timed draw is draw 0, the fully traced one
         return run
 
-    bare_ms, spine_ms, audited_ms = medians_ms([bare, one_draw(plain), one_draw(traced)], repeats)
+    # As in a run: the caller's random state is kept once around a case's draws, not per draw.
+    with plain.call.keeping_random_state(), traced.call.keeping_random_state():
+        bare_ms, spine_ms, audited_ms = medians_ms([bare, one_draw(plain), one_draw(traced)], repeats, clock)
     return bare_ms, spine_ms, audited_ms
 
 

@@ -69,16 +69,18 @@ class CaseAudit:
         self.autocast = AUTOCAST_DTYPE.get(device.partition(":")[0], "float16") if spec.autocast else None
         # A non-CPU audit compares its first draw with the CPU's where the run audits this case on
         # the CPU too.
-        self.parity = device != "cpu" and "cpu" in spec.devices
+        # (A compiled entry compares with eager on its own device instead; see gradaudit.compiled.)
+        self.parity = device != "cpu" and "cpu" in spec.devices and not spec.compile
         self.free_memory = False
         self.result = CaseResult(
             case=spec.name, device=device, status="pass", seed=spec.seed, loss_ref=spec.loss,
             group=group_of(spec.loss),
             reproduce=(f"gradaudit run {shlex.quote(ctx.config_display)} --case {shlex.quote(spec.name)}"
-                       f" --device {device}"),
+                       f" --device {device}" + (f" --compile {shlex.quote(spec.compile)}" if spec.compile else "")),
         )
         self.findings: list[Finding] = []
         self.call: LossCall | None = None
+        self.compiled: Any = None  # the CompiledLoss of a `case[compile=BACKEND]` entry
         self.record = DrawRecord()
         self.rule = StopRule(self.record.tracks, spec)
 
@@ -88,8 +90,13 @@ class CaseAudit:
         try:
             if self._device_ready() and self._load():
                 self._draws()
-                if self.spec.gradcheck:
+                if self.spec.gradcheck and self.compiled is None:
                     self._gradcheck()
+                elif self.spec.gradcheck:
+                    self.result.gradcheck = {"skipped": "a compiled entry is compared with eager; "
+                                                        "gradcheck runs on the eager entry"}
+                if self.spec.per_sample:
+                    self._batch_independence()
                 if self.parity and self.record.first is not None and self.result.status != "error":
                     self._compare_with_cpu()
         except Exception as exc:
@@ -112,10 +119,28 @@ class CaseAudit:
         except LoadError as exc:
             self._error(exc.cause, exc.what)
             return False
+        return self._compile_loss() if self.spec.compile else True
+
+    def _compile_loss(self) -> bool:
+        """A compiled entry audits the loss under torch.compile (compiled on its first call)."""
+        from gradaudit.compiled import CompiledLoss, UnknownBackend
+
+        call = self.call
+        dtypes = [i.dtype for i in self.spec.inputs] + ([self.autocast] if self.autocast else [])
+        dtypes += [str(p.dtype).removeprefix("torch.") for p in call.params.values()]
+        try:
+            self.compiled = CompiledLoss(call.fn, self.spec.compile, [i.name for i in self.spec.inputs],
+                                         call.params, self.ctx.root, self.spec.rtol, self.spec.atol, dtypes,
+                                         self.layer.generator(self.device))
+        except UnknownBackend as exc:
+            self._error(exc, "cannot compile")
+            return False
+        call.fn = self.compiled
         return True
 
     def _draws(self) -> None:
-        loop = DrawLoop(self.call, self.spec, self.ctx.observers, keep_first=self.parity)
+        observers = [*self.ctx.observers, self.compiled] if self.compiled is not None else self.ctx.observers
+        loop = DrawLoop(self.call, self.spec, observers, keep_first=self.parity)
         self.rule = loop.rule
         self.record = loop.run()
         self.result.warnings = list(self.record.warnings)
@@ -162,6 +187,23 @@ class CaseAudit:
         self.result.gradcheck, mismatch = check_gradients(self.call)
         if mismatch is not None:
             self.findings.append(mismatch)
+
+    def _batch_independence(self) -> None:
+        """Check that each sample's gradient depends on it alone, where the audit found no defect."""
+        from gradaudit import batchmix
+
+        if self.result.status == "error" or not self.record.draws:
+            return
+        declared = set(self.spec.expect.no_grad)
+        if any(f.severity == "fail" for f in self.findings) or any(
+                t.verdict(self.record.draws) not in ("ok", "not-required") and t.name not in declared
+                for t in self.record.tracks.values()):
+            self.result.batch_independence = batchmix.not_run(self.spec, "the audit found a failure first")
+            return
+        found = batchmix.check_call(self.call)
+        self.result.batch_independence = found.summary()
+        if found.coupling is not None:
+            self.findings.append(found.finding())
 
     def _compare_with_cpu(self) -> None:
         """Compare the first draw with the CPU's: device-mismatch for what differs beyond tolerance."""
@@ -316,7 +358,10 @@ class CaseAudit:
         result.draws = self.record.draws
         if result.status != "error":
             ignored = set(self.spec.expect.ignore)
-            findings = [f for f in self._explained() if f.id not in ignored]
+            findings = self._explained()
+            if self.compiled is not None:
+                findings = self.compiled.review(findings)
+            findings = [f for f in findings if f.id not in ignored]
             findings.sort(key=lambda f: -f.rank)
             result.findings = findings
             result.status = status_of(findings)
@@ -335,6 +380,9 @@ class CaseAudit:
                     obs.take()
         if self.record.draws or result.loss is not None:
             result.inputs = [t.to_result(self.record.draws) for t in self.record.tracks.values()]
+        if self.compiled is not None:
+            result.compile = self.compiled.info()
+            result.warnings += self.compiled.notes()
         result.summary_line = summary_line(result)
         return result
 

@@ -21,6 +21,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NOTHING_AUDITED = 5  # every result is skip (pytest's "no tests ran" code): a gate must not pass on that
+EXIT_NOT_WRITTEN = 3  # the run finished but a report could not be written (results kept elsewhere)
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report a Ctrl-C
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None,
@@ -74,6 +75,35 @@ def write_reports(results, out_dir: Path, json_path: Path | None = None, junit_p
         write_atomic(markdown_path, lambda s: write_markdown(results, s), announce=announce)
 
 
+def check_outputs(out_dir: Path, *files: Path | None) -> None:
+    """Fail now (exit 2), not after the run, when an output cannot be written."""
+    from gradaudit.files import check_file, check_folder
+
+    check_folder(out_dir, "-o")
+    for path in files:
+        if path is not None:
+            check_file(path, "output")
+
+
+def write_or_keep(results, out_dir: Path, *args, **kwargs) -> None:
+    """Write the reports; if one cannot be written, say so in one line, keep results.json
+    somewhere named and exit EXIT_NOT_WRITTEN."""
+    from gradaudit.files import WriteError, keep_results
+    from gradaudit.jsonreport import write_json
+
+    try:
+        write_reports(results, out_dir, *args, **kwargs)
+    except WriteError as exc:
+        if exc.path != out_dir / "results.json" and (out_dir / "results.json").is_file():
+            kept: Path | None = out_dir / "results.json"
+        else:
+            kept = keep_results(lambda s: write_json(results, s))
+        where = (f"the results are in {kept} (`gradaudit report {kept}` renders them)" if kept
+                 else "and the results could not be saved anywhere")
+        err_console.print(f"error: {exc}; {where}", markup=False, soft_wrap=True)
+        raise typer.Exit(EXIT_NOT_WRITTEN) from None
+
+
 def read_baseline(path: Path | None, fail_on: str = "fail"):
     """Read the --baseline results file (None without one); --fail-on new needs one."""
     from gradaudit.errors import UsageError
@@ -106,8 +136,20 @@ def exit_code_of(results, fail_on: str = "fail") -> int:
     return EXIT_OK
 
 
+def _backends(names: list[str] | None) -> list[str]:
+    """The --compile backends, checked for form; whether they are registered is the audit's to say."""
+    from gradaudit.config import BACKEND_RE
+
+    for name in names or []:
+        if not BACKEND_RE.match(name):
+            raise UsageError(f"--compile {name!r}: not a torch.compile backend name (e.g. inductor, aot_eager)")
+    return list(dict.fromkeys(names or []))
+
+
 def _fail(exc: GradauditError) -> None:
-    err_console.print(f"error: {exc}", markup=False, soft_wrap=True)
+    from gradaudit.safetext import safe_text
+
+    err_console.print(f"error: {safe_text(exc)}", markup=False, soft_wrap=True)
     raise typer.Exit(exc.exit_code)
 
 
@@ -135,8 +177,12 @@ def run(
     fail_on: Annotated[FailOn, typer.Option("--fail-on", help="Exit 1 on fail only, on warn too, or only "
                                             "on failures new since --baseline.")]
     = FailOn.fail,
-    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds per case and device.")]
+    timeout: Annotated[Optional[float], typer.Option("--timeout", help="Seconds per case and device "
+                                                     "(inf: no limit).")]
     = None,
+    compile_backends: Annotated[Optional[list[str]], typer.Option(
+        "--compile", metavar="BACKEND", help="Also audit every case under torch.compile with this backend "
+        "(repeatable), as case[compile=BACKEND], instead of the config's compile lists.")] = None,
     no_isolate: Annotated[bool, typer.Option("--no-isolate", help="Run in this process, one job at a time "
                                              "(debugging; a crash ends the run).")]
     = False,
@@ -144,44 +190,65 @@ def run(
     = False,
 ) -> None:
     """Audit every case of CONFIG and write the report."""
+    from gradaudit import interrupts
     from gradaudit.config import check_device_names, load_config
-    from gradaudit.runner import NOT_RUN, RunInterrupted, RunOptions
+    from gradaudit.files import locked
+    from gradaudit.runner import NOT_RUN, RunInterrupted, RunOptions, select_jobs
     from gradaudit.runner import run as run_config
+    from gradaudit.sharding import parse_shard
     from gradaudit.terminal import RunProgress, print_summary, verdict_line
 
     progress = RunProgress(console, quiet=quiet)
-    try:
-        check_device_names(device or [])
-        if no_isolate and jobs and jobs > 1:
-            raise UsageError("--no-isolate audits one job at a time in this process; drop --jobs")
-        if not no_isolate:
-            from gradaudit.workers import prestart
-
-            prestart()  # the workers' torch import runs while the config is read
-        cfg = load_config(config, display_path=str(config))
-        old = read_baseline(baseline, fail_on.value)
-        options = RunOptions(case_globs=case or [], devices=device or [], seed=seed, timeout=timeout,
-                             command=shlex.join(["gradaudit", *sys.argv[1:]]), jobs=jobs, shard=shard,
-                             isolate=not no_isolate)
-        # In-process, a crash kills gradaudit itself: keep results.json current before each job.
-        checkpoint = (lambda partial: write_reports(partial, output, json_path, None, html=False,
-                                                    announce=None)) if no_isolate else None
+    stopped_by: Exception | None = None
+    with interrupts.on_signals(last=True):
         try:
-            results = run_config(cfg, options, on_result=progress.result, on_start=progress.start,
-                                 on_checkpoint=checkpoint)
-        except RunInterrupted as stop:
-            results = stop.results
-        finally:
-            progress.stop()
-        if old is not None:
-            from gradaudit.baseline import apply_baseline
+            check_device_names(device or [])
+            if no_isolate and jobs and jobs > 1:
+                raise UsageError("--no-isolate audits one job at a time in this process; drop --jobs")
+            if not no_isolate:
+                from gradaudit.workers import prestart
 
-            apply_baseline(results, old, str(baseline))
-        print_summary(results, console)
-        write_reports(results, output, json_path, junit, markdown)
-    except GradauditError as exc:
-        _fail(exc)
-    if results.interrupted:
+                prestart()  # the workers' torch import runs while the config is read
+            cfg = load_config(config, display_path=str(config))
+            old = read_baseline(baseline, fail_on.value)
+            options = RunOptions(case_globs=case or [], devices=device or [], seed=seed, timeout=timeout,
+                                 command=shlex.join(["gradaudit", *sys.argv[1:]]), jobs=jobs, shard=shard,
+                                 isolate=not no_isolate, compile=_backends(compile_backends))
+            # Every usage error before anything is created: a bad --case, --shard or --timeout.
+            select_jobs(cfg, options)
+            if shard:
+                parse_shard(shard)
+            check_outputs(output, json_path, junit, markdown)
+            with locked(output, "-o"):
+                # In-process, a crash kills gradaudit itself: keep results.json current before each job.
+                checkpoint = (lambda partial: write_reports(partial, output, json_path, None, html=False,
+                                                            announce=None)) if no_isolate else None
+                try:
+                    results = run_config(cfg, options, on_result=progress.result, on_start=progress.start,
+                                         on_checkpoint=checkpoint)
+                except RunInterrupted as stop:
+                    results = stop.results
+                    stopped_by = stop.error
+                finally:
+                    progress.stop()
+                # From here on a Ctrl-C waits until the reports are written.
+                with interrupts.hold():
+                    if old is not None:
+                        from gradaudit.baseline import apply_baseline
+
+                        apply_baseline(results, old, str(baseline))
+                    print_summary(results, console)
+                    write_or_keep(results, output, json_path, junit, markdown)
+        except GradauditError as exc:
+            _fail(exc)
+        except KeyboardInterrupt:  # before the run began: nothing to keep
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        signalled = interrupts.received()
+    if stopped_by is not None:
+        err_console.print(f"error: {stopped_by}", markup=False, soft_wrap=True)
+        err_console.print("gradaudit: the finished jobs are in the report; the rest are skip", markup=False)
+        raise typer.Exit(getattr(stopped_by, "exit_code", EXIT_FAILED))
+    if results.interrupted or signalled:
         finished = sum(1 for r in results.results if r.skip_reason != NOT_RUN)
         err_console.print(f"gradaudit: interrupted; {finished} of {len(results.results)} jobs finished "
                           "and are in the report, the rest are skip", markup=False)
@@ -226,18 +293,28 @@ def report(
                                                      "failures, still failing, fixed and new cases.")] = None,
 ) -> None:
     """Re-render the report from results files (shards of one run merge into one)."""
+    from gradaudit import interrupts
+    from gradaudit.files import locked
     from gradaudit.jsonreport import read_merged
 
-    try:
-        merged = read_merged(results_files)
-        old = read_baseline(baseline)
-        if old is not None:
-            from gradaudit.baseline import apply_baseline
+    with interrupts.on_signals(last=True):
+        try:
+            merged = read_merged(results_files, warn=lambda text: err_console.print(f"warning: {text}",
+                                                                                   markup=False))
+            old = read_baseline(baseline)
+            if old is not None:
+                from gradaudit.baseline import apply_baseline
 
-            apply_baseline(merged, old, str(baseline))
-        write_reports(merged, output, None, junit, markdown)
-    except GradauditError as exc:
-        _fail(exc)
+                apply_baseline(merged, old, str(baseline))
+            check_outputs(output, junit, markdown)
+            with locked(output, "-o"), interrupts.hold():
+                write_or_keep(merged, output, None, junit, markdown)
+        except GradauditError as exc:
+            _fail(exc)
+        except KeyboardInterrupt:
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+        if interrupts.received():
+            raise typer.Exit(EXIT_INTERRUPTED)
     console.print(f"gradaudit: {merged.summary.line()}", markup=False)
     if old is not None:
         from gradaudit.baseline import describe
@@ -256,7 +333,10 @@ def init(path: Annotated[Path, typer.Argument(help="Where to write the starter c
     if path.exists() and not force:
         err_console.print(f"error: {path} exists; use --force to overwrite it", markup=False)
         raise typer.Exit(EXIT_USAGE)
-    write_atomic(path, lambda s: s.write(STARTER_CONFIG), announce=_announce)
+    try:
+        write_atomic(path, lambda s: s.write(STARTER_CONFIG), announce=_announce)
+    except GradauditError as exc:
+        _fail(exc)
     console.print(f"Next: gradaudit validate {path} && gradaudit run {path}", markup=False)
 
 

@@ -6,9 +6,12 @@ raised together as one ConfigError, so a user fixes them in one pass. No torch h
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import difflib
 import hashlib
 import itertools
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,7 +78,10 @@ class CaseSpec:
     gradcheck: bool = False
     gradcheck_elements: int = 64
     autocast: bool = False  # run the forward under torch.autocast for the device
+    per_sample: str | None = None  # the dim the loss reduces per-sample terms over (batchmix)
     max_memory_mb: int | None = None
+    # The torch.compile backend this entry audits the loss under; None: the eager loss.
+    compile: str | None = None
     # Settings added by later features that have no field yet: name -> value.
     extra: dict[str, Any] = field(default_factory=dict)
     line: int = 0  # where the case starts in the config, for messages
@@ -89,8 +95,9 @@ class CaseSpec:
     @property
     def draw_name(self) -> str:
         """The name that seeds the input draws: the case name without its precision axes, so
-        `case[dtype=float16]` audits the float32 draws of `case[dtype=float32]`, rounded."""
-        dims = [f"{d}={v}" for d, v in self.matrix.items() if d not in ("dtype", "autocast")]
+        `case[dtype=float16]` audits the float32 draws of `case[dtype=float32]`, rounded, and
+        `case[compile=inductor]` the draws of `case`."""
+        dims = [f"{d}={v}" for d, v in self.matrix.items() if d not in ("dtype", "autocast", "compile")]
         if len(dims) == len(self.matrix):
             return self.name
         return self.base_name + (f"[{','.join(dims)}]" if dims else "")
@@ -119,27 +126,69 @@ class _Marks:
         self.value: dict[tuple, yaml.Mark] = {}
 
 
+# Bounds on what a config may expand to. YAML aliases repeat whole blocks, so a few hundred bytes
+# can stand for billions of values ("billion laughs"); a block may even contain itself.
+MAX_DEPTH = 64  # nesting of mappings and lists
+MAX_VALUES = 200_000  # values after aliases are expanded (a 1,000-case config holds about 30,000)
+MAX_CASES = 10_000  # cases after dims matrices and precision axes are expanded
+
+
+class _TooBig(Exception):
+    """The YAML expands past a bound; `problem` says which, where."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(problem)
+        self.problem = problem
+
+
+class _Budget:
+    def __init__(self) -> None:
+        self.values = 0
+        self.open: set[int] = set()  # the nodes being built, to find one that contains itself
+
+
 def _build(loader: yaml.SafeLoader, node: yaml.Node, path: tuple, marks: _Marks, problems: list,
-           display: str) -> Any:
+           display: str, budget: _Budget | None = None) -> Any:
     """Turn a composed YAML node into Python data, recording where each piece sits."""
+    budget = budget or _Budget()
+    budget.values += 1
+    if budget.values > MAX_VALUES:
+        raise _TooBig(_at(display, node.start_mark, _dotted(path),
+                          f"the config expands to more than {MAX_VALUES:,} values: YAML aliases (*name) "
+                          "repeat whole blocks; repeat less"))
+    if len(path) > MAX_DEPTH:
+        raise _TooBig(_at(display, node.start_mark, _dotted(path[:3]) + " ...",
+                          f"nested more than {MAX_DEPTH} levels deep"))
     marks.value[path] = node.start_mark
+    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+        if id(node) in budget.open:
+            raise _TooBig(_at(display, node.start_mark, _dotted(path),
+                              "a YAML alias refers to a block that contains it (a recursive alias)"))
+        budget.open.add(id(node))
+        try:
+            return _build_collection(loader, node, path, marks, problems, display, budget)
+        finally:
+            budget.open.discard(id(node))
+    return loader.construct_object(node, deep=True)
+
+
+def _build_collection(loader, node, path: tuple, marks: _Marks, problems: list, display: str,
+                      budget: _Budget) -> Any:
     if isinstance(node, yaml.MappingNode):
         data: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            key = loader.construct_object(key_node, deep=True)
-            if isinstance(key, (list, dict)):
+            if not isinstance(key_node, yaml.ScalarNode):
                 problems.append(_at(display, key_node.start_mark, _dotted(path), "a key must be a name"))
                 continue
+            key = loader.construct_object(key_node, deep=True)
             if key in data:
                 problems.append(_at(display, key_node.start_mark, _dotted(path + (key,)),
                                     f"duplicate key '{key}'"))
             marks.key[path + (key,)] = key_node.start_mark
-            data[key] = _build(loader, value_node, path + (key,), marks, problems, display)
+            data[key] = _build(loader, value_node, path + (key,), marks, problems, display, budget)
         return data
-    if isinstance(node, yaml.SequenceNode):
-        return [_build(loader, item, path + (i,), marks, problems, display)
-                for i, item in enumerate(node.value)]
-    return loader.construct_object(node, deep=True)
+    return [_build(loader, item, path + (i,), marks, problems, display, budget)
+            for i, item in enumerate(node.value)]
 
 
 def _dotted(path: tuple) -> str:
@@ -227,6 +276,10 @@ def load_config(path: str | Path, display_path: str | None = None) -> Config:
         mark = getattr(exc, "problem_mark", None)
         reason = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(display, [_at(display, mark, "(yaml)", f"not valid YAML: {reason}")]) from None
+    except _TooBig as exc:
+        raise ConfigError(display, [exc.problem]) from None
+    except RecursionError:
+        raise ConfigError(display, [f"{display}: (yaml): nested too deeply to read"]) from None
     if problems:
         raise ConfigError(display, problems)
     checker = _Checker(display, marks)
@@ -278,6 +331,10 @@ def _check_top(data: Any, c: _Checker, root: Path) -> tuple[list[CaseSpec], list
                 c.error(path + ("name",), f"duplicate case name '{name}' (first at case {seen[name]})")
             seen.setdefault(name, i)
         specs.extend(_check_case(case, defaults, path, c))
+        if len(specs) > MAX_CASES:
+            c.error(path, f"the config expands to more than {MAX_CASES:,} cases by here (dims matrices "
+                    "included): split it into several configs")
+            break
     return specs, sys_path
 
 
@@ -344,9 +401,11 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
         c.typed(merged.get(key, {}), "map", _origin(defaults, case, path, key))
     dims_raw = merged.get("dims", {}) if isinstance(merged.get("dims", {}), dict) else {}
     for dim, value in dims_raw.items():
-        if (dim == "dtype" and settings.get("dtypes")) or (dim == "autocast" and settings.get("autocast")):
+        if (dim == "dtype" and settings.get("dtypes")) or (dim == "autocast" and settings.get("autocast")) \
+                or (dim == "compile" and settings.get("compile")):
             c.error(_origin(defaults, case, path, "dims") + (dim,),
-                    f"dim {dim!r} clashes with the precision matrix's {dim!r} axis: rename the dim")
+                    f"dim {dim!r} clashes with the {'compile' if dim == 'compile' else 'precision'} "
+                    f"matrix's {dim!r} axis: rename the dim")
         values = value if isinstance(value, list) else [value]
         if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
             c.error(_origin(defaults, case, path, "dims") + (dim,),
@@ -358,6 +417,8 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
     inputs_raw = inputs_raw or {}
     expect = _check_expect(merged.get("expect", {}), list(inputs_raw),
                            _origin(defaults, case, path, "expect"), c)
+    per_sample = _check_per_sample(merged.get("per_sample"), dims_raw, inputs_raw,
+                                   _origin(defaults, case, path, "per_sample"), c)
     if len(c.problems) > before or not isinstance(name, str):
         # Still check the inputs once so every problem is reported in one pass.
         _check_inputs(inputs_raw, {d: 1 for d in dims_raw}, settings.get("dtype", "float32"),
@@ -371,6 +432,13 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
     if settings.get("autocast"):
         matrix_axes.append(("autocast", ["off", "on"]))
     specs = []
+    count = math.prod(len(v) for _, v in matrix_axes)
+    if count > MAX_CASES:
+        c.error(_origin(defaults, case, path, "dims" if "dims" in merged else "dtypes"),
+                f"case {name!r} expands to {count:,} cases "
+                f"({' x '.join(str(len(v)) for _, v in matrix_axes)}); at most {MAX_CASES:,} per config: "
+                "list fewer values, or split the matrix over several cases or configs")
+        return []
     combos = list(itertools.product(*[v for _, v in matrix_axes])) if matrix_axes else [()]
     for combo in combos:
         matrix = {d: v for (d, _), v in zip(matrix_axes, combo, strict=True)}
@@ -386,7 +454,7 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
         full_name = name + (("[" + ",".join(f"{d}={v}" for d, v in matrix.items()) + "]")
                             if matrix else "")
         extra = {k: settings[k] for k in EXTRA_SETTINGS if k in settings}
-        specs.append(CaseSpec(
+        eager = CaseSpec(
             name=full_name, base_name=name, loss=loss, inputs=inputs,
             init_kwargs=dict(merged.get("init_kwargs") or {}), kwargs=dict(merged.get("kwargs") or {}),
             dims=dims, matrix=matrix, expect=expect,
@@ -395,12 +463,53 @@ def _check_case(case: dict, defaults: dict, path: tuple, c: _Checker) -> list[Ca
             rtol=float(settings["rtol"]), atol=float(settings["atol"]),
             gradcheck=settings["gradcheck"], gradcheck_elements=settings["gradcheck_elements"],
             autocast=matrix.get("autocast") == "on", max_memory_mb=settings["max_memory_mb"], extra=extra,
+            per_sample=per_sample,
             line=(c.marks.value.get(path).line + 1) if c.marks.value.get(path) else 0,
-        ))
+        )
+        specs.append(eager)
+        specs.extend(compiled_entry(eager, backend) for backend in compile_backends(settings.get("compile")))
     loss_where = c.at(_origin(defaults, case, path, "loss"), on_key=False)
     for spec in specs:
         spec.loss_where = loss_where  # `gradaudit validate` words import problems like config errors
     return specs
+
+
+def compile_backends(value: Any) -> list[str]:
+    """The backends a checked `compile` value names: `true` is `[inductor]`."""
+    if value is True:
+        return ["inductor"]
+    return list(value) if isinstance(value, list) else []
+
+
+def compiled_entry(eager: CaseSpec, backend: str) -> CaseSpec:
+    """The entry `case[...,compile=BACKEND]` beside an eager entry: the same case and draws."""
+    matrix = {**eager.matrix, "compile": backend}
+    name = eager.base_name + "[" + ",".join(f"{d}={v}" for d, v in matrix.items()) + "]"
+    return dataclasses.replace(eager, name=name, matrix=matrix, compile=backend,
+                               inputs=copy.deepcopy(eager.inputs), expect=copy.deepcopy(eager.expect))
+
+
+BACKEND_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+
+
+def _check_compile(value: Any, where: tuple, c: _Checker) -> None:
+    """`compile`: true, false or a list of backend names. Whether a name is registered is known only
+    after the loss module is imported (it may register its own), so the audit checks that."""
+    if isinstance(value, bool) or value is None:
+        return
+    if not isinstance(value, list):
+        c.error(where, f"compile must be true, false or a list of torch.compile backends such as "
+                f"[aot_eager, inductor], got {value!r}")
+        return
+    if not value:
+        c.error(where, "compile is empty: list torch.compile backends, e.g. [aot_eager, inductor], or "
+                "drop the key")
+    for i, name in enumerate(value):
+        if not isinstance(name, str) or not BACKEND_RE.match(name):
+            c.error(where + (i,), f"backend {name!r} must be a torch.compile backend name such as "
+                    "inductor or aot_eager", on_key=False)
+        elif value.index(name) != i:
+            c.error(where + (i,), f"backend {name!r} is listed twice", on_key=False)
 
 
 DEVICE_RE = re.compile(r"^(cpu|cuda|cuda:\d+|mps)$")
@@ -461,10 +570,15 @@ def _check_settings(settings: dict, defaults: dict, case: dict, path: tuple, c: 
             c.error(_origin(defaults, case, path, key), f"{key} must be at least 1")
     for key in ("timeout", "rtol", "atol"):
         value = settings.get(key)
-        if isinstance(value, (int, float)) and value < 0:
+        if isinstance(value, float) and math.isnan(value):
+            c.error(_origin(defaults, case, path, key), f"{key} must be a number, not NaN"
+                    + (" (.inf means no limit)" if key == "timeout" else ""))
+        elif isinstance(value, (int, float)) and value < 0:
             c.error(_origin(defaults, case, path, key), f"{key} must not be negative")
     if isinstance(settings.get("max_memory_mb"), int) and settings["max_memory_mb"] < 1:
         c.error(_origin(defaults, case, path, "max_memory_mb"), "max_memory_mb must be at least 1")
+    if "compile" in settings:
+        _check_compile(settings["compile"], _origin(defaults, case, path, "compile"), c)
     if settings.get("timeout") == 0:
         c.error(_origin(defaults, case, path, "timeout"), "timeout must be positive")
 
@@ -494,6 +608,21 @@ def _check_expect(expect: Any, input_names: list[str], path: tuple, c: _Checker)
             c.error(path + ("status",), f"expect.status must be 'fail', got {status!r}")
         result.status = status
     return result
+
+
+def _check_per_sample(dim: Any, dims: dict, inputs: dict, path: tuple, c: _Checker) -> str | None:
+    """`per_sample` names a dim of `dims` that some input's shape uses."""
+    if dim is None:
+        return None
+    if not isinstance(dim, str) or dim not in dims:
+        c.error(path, f"must name a dim of dims ({', '.join(map(str, dims)) or 'none defined'}), "
+                f"got {dim!r}{_suggest(dim, dims)}")
+        return None
+    shapes = [spec.get("shape") for spec in inputs.values() if isinstance(spec, dict)]
+    if not any(isinstance(shape, list) and dim in shape for shape in shapes):
+        c.error(path, f"no input's shape uses dim {dim!r}, so there are no samples to compare")
+        return None
+    return dim
 
 
 def _check_inputs(inputs: dict, dims: dict[str, int], default_dtype: str, path: tuple,

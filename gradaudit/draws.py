@@ -88,10 +88,11 @@ class DrawLoop:
 
     def run(self) -> DrawRecord:
         record = self.record
-        while self.one(record.draws):
-            record.draws += 1
-            if not self.rule.wants_more(record.draws):
-                break
+        with self.call.keeping_random_state():  # each draw seeds; the caller's state comes back once
+            while self.one(record.draws):
+                record.draws += 1
+                if not self.rule.wants_more(record.draws):
+                    break
         return record
 
     @contextlib.contextmanager
@@ -124,6 +125,10 @@ class DrawLoop:
                 track.add(out.grads.get(name))
                 if track.nonfinite and record.nonfinite_grad_draw is None:
                     record.nonfinite_grad_draw = draw
+        for obs in self.observers:  # an observer that compares draws (a compiled entry's eager twin)
+            done = getattr(obs, "draw_done", None)
+            if done is not None:
+                done(out)
         return True
 
     def _keep_warnings(self, out: DrawOutcome) -> None:
@@ -137,8 +142,9 @@ class DrawLoop:
         facts, draw, value = self.record.loss, out.draw, out.value
         if not isinstance(value, torch.Tensor):
             if isinstance(value, (int, float)) or type(value).__module__ == "numpy":
-                facts.info = LossInfo(value=float(value), shape=[], dtype=type(value).__name__,
-                                      requires_grad=False, grad_fn=None, finite=math.isfinite(float(value)))
+                number = _plain_float(value)
+                facts.info = LossInfo(value=number, shape=[], dtype=type(value).__name__, requires_grad=False,
+                                      grad_fn=None, finite=number is not None and math.isfinite(number))
                 facts.stop = "number"
             else:
                 facts.stop = "other"
@@ -153,13 +159,17 @@ class DrawLoop:
                 picked=out.picked)
             if loss is not value:
                 facts.shape = list(value.shape)
-        if loss.is_floating_point() or loss.is_complex():
+        if loss.is_floating_point():  # the common case: one read of the value
+            number = float(loss.detach().float())  # as float32, as before: a float64 beyond its range is Inf
+            finite, scalar = math.isfinite(number), number
+        elif loss.is_complex():
             scalar = loss.detach().float().cpu()
             finite = bool(torch.isfinite(scalar).all())
         else:
             scalar, finite = loss.detach().double().cpu(), True
         if draw == 0 and facts.info is not None:
-            facts.info.value = float(scalar.real if scalar.is_complex() else scalar)
+            facts.info.value = float(scalar.real if isinstance(scalar, torch.Tensor) and scalar.is_complex()
+                                     else scalar)
             facts.info.finite = finite
         if not loss.requires_grad:
             facts.stop = "no-grad"
@@ -169,3 +179,11 @@ class DrawLoop:
             facts.nonfinite_draw = draw
             facts.nonfinite_value = float(scalar)
         return True
+
+
+def _plain_float(value: Any) -> float | None:
+    """A Python or numpy number as a float; None for what has no single float (an array, 10**400)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return None

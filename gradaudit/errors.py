@@ -24,3 +24,9 @@ class UsageError(GradauditError):
 
 class ResultsError(GradauditError):
     """A results.json that cannot be read back."""
+
+
+class WorkerStartError(GradauditError):
+    """Worker processes cannot start (a broken environment, not a broken loss)."""
+
+    exit_code = 1

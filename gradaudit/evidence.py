@@ -25,7 +25,7 @@ is confirmed"; in short:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -296,7 +296,8 @@ def design_effect(c: torch.Tensor, hist: list[float]) -> float:
 
 
 def decide(counts: Mapping[str, torch.Tensor], draws: int, *, max_draws: int,
-           alpha: float = FALSE_ALARM, identical_draws: bool = False) -> dict[str, Decision]:
+           alpha: float = FALSE_ALARM, identical_draws: bool = False,
+           dense_shapes: Iterable[list[int]] = ()) -> dict[str, Decision]:
     """Decide every audited tensor's zero pattern, with the case-wide false-alarm budget `alpha`.
 
     `counts[name]` holds, per element, the draws in which its gradient was nonzero (of `draws`).
@@ -304,7 +305,9 @@ def decide(counts: Mapping[str, torch.Tensor], draws: int, *, max_draws: int,
     a pattern is then deterministic and confirmed at once (where the counts show no randomness).
     Costs one histogram of the counts per tensor, and one max-reduction per dim where some are dead.
     """
-    tests = sum(tests_of(c.shape) for c in counts.values()) or 1
+    # `dense_shapes`: the case's other tensors, live in every element (no finding, no counts to
+    # read); they still share the budget.
+    tests = sum(tests_of(c.shape) for c in counts.values()) + sum(tests_of(s) for s in dense_shapes) or 1
     budget = alpha / tests  # each test's share; their sum is the case's alpha
     return {name: _decide_one(c, draws, max_draws, budget, tests, identical_draws) for name, c in counts.items()}
 

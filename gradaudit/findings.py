@@ -23,6 +23,12 @@ FINDINGS: dict[str, tuple[str, str]] = {
     "gradcheck-mismatch": ("fail", "the analytic gradient disagrees with finite differences"),
     "unexpected-pass": ("fail", "expect.status: fail was declared but the audit found nothing"),
     # Additions to the contract:
+    "leaked-state": ("warn", "the loss left process-wide state changed (grad mode, default dtype, a patched "
+                     "torch attribute, sys.modules, ...) for whatever runs after it"),
+    "compile-mismatch": ("fail", "the compiled loss or a gradient differs from eager beyond rtol/atol"),
+    "compile-error": ("fail", "compiling or running the compiled loss raised where eager did not"),
+    "compile-graph-break": ("info", "torch.compile (dynamo) breaks the graph at this line"),
+    "batch-mixing": ("fail", "a per_sample loss gives a sample a gradient that depends on other samples"),
     "dead-term": ("warn", "a term cut from the gradient reaches the loss only by addition: it changes the "
                           "loss value and never training"),
     "saturated-grad": ("warn", "an op with a value range (clamp, hardtanh, ...) zeroes most of an input's "

@@ -36,6 +36,7 @@ from gradaudit.model import (
     Location,
     RunResults,
 )
+from gradaudit.safetext import safe_text
 from gradaudit.tracebacks import segments
 
 TEMPLATE = "report.html.j2"
@@ -70,18 +71,27 @@ def template_dir() -> Path:
 
 def wrap_at_underscores(text: str) -> Markup:
     """Escaped text with a line-break opportunity after each `_`, so long names wrap on phones."""
-    return Markup("_<wbr>").join(escape(part) for part in str(text).split("_"))
+    return Markup("_<wbr>").join(escape(part) for part in safe_text(text).split("_"))
 
 
 def environment() -> jinja2.Environment:
     """The Jinja2 environment; autoescape is on for every template, whatever its suffix."""
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(template_dir())), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
-                             keep_trailing_newline=True)
+                             keep_trailing_newline=True, finalize=_printable)
     # `tojson` escapes <, >, & and ' as \u003c..., so no string can close the data's <script>.
     env.policies["json.dumps_kwargs"] = {"sort_keys": False, "separators": (",", ":"), "ensure_ascii": False}
     env.filters["wbr"] = wrap_at_underscores
     return env
+
+
+def _printable(value: object) -> object:
+    """Every value a template prints, with control characters shown as escapes (our own markup,
+    such as inlined assets and `|tojson` data, is left as it is: the data is made safe where it
+    is built, in `build_view`)."""
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return safe_text(value)
+    return value
 
 
 # -- display data ------------------------------------------------------------------------------
@@ -566,13 +576,24 @@ def build_view(results: RunResults) -> dict[str, Any]:
         "kinds": [(kind, causes_mod.KIND_TITLES[kind], [v for v in views if v.cause.kind == kind])
                   for kind in causes_mod.KINDS if any(v.cause.kind == kind for v in views)],
         "problems_line": problems_line,
-        "data": {
+        "data": _safe_data({
             "total": len(results.results), "devices": devices, "problems": PROBLEMS,
             "causes": [v.cause.title for v in views], "rows": rows, "results": items,
             "statusIcon": STATUS_ICON, "gradIcon": GRAD_ICON, "gradClass": GRAD_CLASS,
             "baselineLabels": {**BASELINE_LABELS},
-        },
+        }),
     }
+
+
+def _safe_data(value: Any) -> Any:
+    """The embedded data with control characters in its strings shown as escapes, as in the page."""
+    if isinstance(value, str):
+        return safe_text(value)
+    if isinstance(value, dict):
+        return {k: _safe_data(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_safe_data(v) for v in value]
+    return value
 
 
 def render_html(results: RunResults) -> str:

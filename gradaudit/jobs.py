@@ -19,7 +19,8 @@ def skipped(spec: CaseSpec, device: str, reason: str, config_display: str) -> Ca
                       loss_ref=spec.loss, group=spec.loss.rpartition(":")[0],
                       skip_reason=reason, summary_line=reason,
                       reproduce=f"gradaudit run {shlex.quote(config_display)} --case "
-                                f"{shlex.quote(spec.name)} --device {device}")
+                                f"{shlex.quote(spec.name)} --device {device}"
+                                + (f" --compile {shlex.quote(spec.compile)}" if spec.compile else ""))
 
 
 def audit_context(root: Path, config_display: str) -> AuditContext:

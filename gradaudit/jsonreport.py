@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -60,12 +61,21 @@ def read_json(path: str | Path) -> RunResults:
     return RunResults.from_dict(data)
 
 
-def read_merged(paths: list[str | Path]) -> RunResults:
-    """Read several results files (shards of one run) into one run; a case on a device twice is an error."""
+def read_merged(paths: list[str | Path], warn: Callable[[str], None] | None = None) -> RunResults:
+    """Read several results files (shards of one run) into one run.
+
+    A case on a device twice, or files from different configs, are errors; files written by
+    different gradaudit versions are merged with a warning through `warn`.
+    """
     merged: RunResults | None = None
     seen: dict[tuple[str, str], str] = {}
+    first: tuple[str | Path, RunResults] | None = None
     for path in paths:
         part = read_json(path)
+        if first is None:
+            first = (path, part)
+        else:
+            _same_run(first, (path, part), warn)
         for result in part.results:
             if result.key in seen:
                 raise ResultsError(f"{path}: {result.case} [{result.device}] is also in {seen[result.key]}; "
@@ -76,3 +86,18 @@ def read_merged(paths: list[str | Path]) -> RunResults:
         raise ResultsError("no results files given")
     merged.sort()
     return merged
+
+
+def _same_run(first: tuple[str | Path, RunResults], other: tuple[str | Path, RunResults],
+              warn: Callable[[str], None] | None) -> None:
+    """Refuse shards of different configs; warn about shards of different gradaudit versions."""
+    (path_a, a), (path_b, b) = first, other
+    sha_a, sha_b = (a.config or {}).get("sha256"), (b.config or {}).get("sha256")
+    if sha_a and sha_b and sha_a != sha_b:
+        raise ResultsError(f"{path_b}: comes from config {(b.config or {}).get('path')!r} (sha256 {sha_b[:12]}), "
+                           f"but {path_a} from {(a.config or {}).get('path')!r} (sha256 {sha_a[:12]}): "
+                           "merge the shards of one run of one config")
+    if warn is not None and a.gradaudit_version and b.gradaudit_version \
+            and a.gradaudit_version != b.gradaudit_version:
+        warn(f"{path_b} was written by gradaudit {b.gradaudit_version}, {path_a} by {a.gradaudit_version}: "
+             "verdicts may differ between versions")

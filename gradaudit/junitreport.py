@@ -9,14 +9,15 @@ from typing import IO
 
 from gradaudit.baseline import LABELS
 from gradaudit.model import CaseResult, Finding, RunResults
+from gradaudit.safetext import safe_text
 
-# Characters XML 1.0 cannot hold at all (a traceback may carry terminal escapes).
-_NOT_XML = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+# Characters XML 1.0 cannot hold at all, beyond the controls that safe_text shows as escapes.
+_NOT_XML = re.compile("[\ufffe\uffff]")
 ERROR_STATUSES = ("error", "timeout", "crash")
 
 
 def _text(value: object) -> str:
-    return _NOT_XML.sub("?", str(value))
+    return _NOT_XML.sub("?", safe_text(value))
 
 
 def finding_text(finding: Finding) -> str:

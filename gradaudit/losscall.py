@@ -156,6 +156,8 @@ class LossCall:
     module: torch.nn.Module | None = None
     params: dict[str, torch.Tensor] = field(default_factory=dict)  # "param:name" -> trainable parameter
     draw_name: str = ""  # the name that seeds draws ("" means spec.draw_name)
+    # Inside `keeping_random_state()`: the caller's state is kept once around many runs.
+    _holding: bool = field(default=False, init=False, repr=False)
 
     def replace(self, **changes: Any) -> LossCall:
         """This call with some fields changed (gradcheck's float64 copy of the module, say)."""
@@ -176,7 +178,11 @@ class LossCall:
     def inputs(self, draw: int) -> DrawInputs:
         """Draw `draw`'s inputs on the device: fresh leaves, and what the loss receives."""
         cpu = make_inputs(self.specs, self.spec.seed, self.draw_name or self.spec.draw_name, draw, self.root)
-        leaves = to_device(cpu, self.specs, self.device)
+        return self.place(cpu)
+
+    def place(self, cpu: Mapping[str, torch.Tensor]) -> DrawInputs:
+        """CPU-made inputs (a draw's, or one changed from it) on the device, as a draw receives them."""
+        leaves = to_device(dict(cpu), self.specs, self.device)
         received = {}
         for spec in self.specs:
             t = leaves[spec.name]
@@ -190,6 +196,24 @@ class LossCall:
         with self.layer.forward_context(self.device_name, self.autocast):
             return pick_loss(self.fn(*received.values(), **self.spec.kwargs))
 
+    @contextlib.contextmanager
+    def keeping_random_state(self) -> Iterator[None]:
+        """Keep the caller's random state once around many runs (a case's draws), so that each run
+        only seeds: saving and restoring numpy's and Python's states costs more than a small loss's
+        forward. Nothing between the runs draws random numbers, and every run seeds all of them."""
+        if self._holding:
+            yield
+            return
+        with kept_random_state(self.layer.generator(self.device)):
+            self._holding = True
+            try:
+                yield
+            finally:
+                self._holding = False
+
+    def _kept(self, generator: torch.Generator | None) -> AbstractContextManager[Any]:
+        return contextlib.nullcontext() if self._holding else kept_random_state(generator)
+
     def run(self, draw: int, *, grads: bool, mode: Mode | None = None,
             before_backward: Callable[[torch.Tensor], Any] | None = None) -> DrawOutcome:
         """Run draw `draw`: its inputs, the loss under its seeding, then (with `grads`) backward.
@@ -201,7 +225,7 @@ class LossCall:
         """
         out = DrawOutcome(draw)
         generator = self.layer.generator(self.device)
-        with captured_warnings() as caught, kept_random_state(generator):
+        with captured_warnings() as caught, self._kept(generator):
             out.warnings = caught
             try:
                 if any(s.init == "factory" for s in self.specs):  # a factory may use the global RNG
@@ -249,7 +273,7 @@ class LossCall:
         """The loss (as picked) on tensors given as they are, under draw `draw`'s seeding and with
         its warnings dropped; its errors propagate. For gradcheck, which perturbs the inputs."""
         generator = self.layer.generator(self.device)
-        with captured_warnings(), kept_random_state(generator):
+        with captured_warnings(), self._kept(generator):
             seed_all(self.seed_of(draw), generator)
             return self._forward(received)[0]
 

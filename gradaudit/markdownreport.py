@@ -16,6 +16,7 @@ from gradaudit.baseline import describe as describe_baseline
 from gradaudit.causes import Cause, cause_index, group_by_cause
 from gradaudit.htmlreport import verdict
 from gradaudit.model import STATUS_RANK, STATUSES, CaseResult, Location, RunResults
+from gradaudit.safetext import safe_text
 
 # Rows of the problems table, culprit blocks, and cases named per cause before "... and N more":
 # a job summary stays short. The causes table is never cut: every distinct cause is named.
@@ -28,7 +29,7 @@ _SPECIAL = re.compile(r"([\\`*_\[\]<|~&])")
 
 def escape(text: str) -> str:
     """Markdown-escape user text for a table cell or a line: one line, specials backslashed."""
-    return _SPECIAL.sub(r"\\\1", re.sub(r"\s+", " ", str(text)))
+    return _SPECIAL.sub(r"\\\1", re.sub(r"\s+", " ", safe_text(text)))
 
 
 def inline(text: str) -> str:
@@ -40,7 +41,7 @@ def inline(text: str) -> str:
 
 def code_span(text: str) -> str:
     """An inline code span that survives backticks and, in tables, pipes."""
-    text = " ".join(str(text).split()).replace("|", "\\|")
+    text = " ".join(safe_text(text).split()).replace("|", "\\|")
     ticks = max((len(m) for m in re.findall(r"`+", text)), default=0) + 1
     fence = "`" * ticks
     pad = " " if text.startswith("`") or text.endswith("`") else ""
@@ -48,13 +49,14 @@ def code_span(text: str) -> str:
 
 
 def _fence(lines: list[str]) -> str:
-    body = "\n".join(lines)
+    body = safe_text("\n".join(lines))
     ticks = max(3, max((len(m) for m in re.findall(r"`{3,}", body)), default=0) + 1)
     return f"{'`' * ticks}python\n{body}\n{'`' * ticks}"
 
 
 def _status(result: CaseResult) -> str:
-    return result.status.upper() + (" (expected)" if result.expected else "")
+    # A results.json is input too: a status that is not one of ours must not carry HTML in.
+    return escape(result.status.upper()) + (" (expected)" if result.expected else "")
 
 
 def _snippet(loc: Location) -> list[str]:
@@ -78,7 +80,7 @@ def _where(cause: Cause) -> str:
 
 def _cause_status(cause: Cause) -> str:
     worst = max(cause.results, key=lambda r: STATUS_RANK.get(r.status, 0))
-    return {"expected": _status(worst), "fixed": "fixed"}.get(cause.kind, worst.status.upper())
+    return {"expected": _status(worst), "fixed": "fixed"}.get(cause.kind, escape(worst.status.upper()))
 
 
 def _cases(cause: Cause, limit: int = MAX_CASES) -> str:

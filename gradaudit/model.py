@@ -207,6 +207,10 @@ class CaseResult:
     warnings: list[str] = field(default_factory=list)  # warnings the loss raised, once each
     # What gradcheck did, where asked: the dims it used (shrunk to its element budget), the draws.
     gradcheck: dict[str, Any] | None = None
+    # A compiled entry's compile facts: backend, compile_s, graphs, graph_breaks, compared_draws, ...
+    compile: dict[str, Any] | None = None
+    # What the batch-independence check did, where `per_sample` is declared (see batchmix).
+    batch_independence: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -220,8 +224,10 @@ class CaseResult:
             "expected": self.expected, "loss_ref": self.loss_ref, "group": self.group,
             "draws": self.draws, "skip_reason": self.skip_reason, "baseline": self.baseline,
             "summary_line": self.summary_line, "warnings": self.warnings, "gradcheck": self.gradcheck,
+            "compile": self.compile,
+            "batch_independence": self.batch_independence,
         }
-        return _prune(data, ("skip_reason", "baseline", "warnings", "gradcheck"))
+        return _prune(data, ("skip_reason", "baseline", "warnings", "gradcheck", "compile", "batch_independence"))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CaseResult:

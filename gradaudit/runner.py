@@ -8,18 +8,17 @@ import faulthandler
 import fnmatch
 import io
 import os
-import signal
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
+from gradaudit import interrupts
 from gradaudit._version import __version__
 from gradaudit.config import CaseSpec, Config, check_device_names
-from gradaudit.errors import UsageError
+from gradaudit.errors import UsageError, WorkerStartError
 from gradaudit.jobs import audit_context, skipped
 from gradaudit.model import CaseResult, RunResults
 
@@ -38,6 +37,8 @@ class RunOptions:
     # True: audit in worker processes (what `gradaudit run` does unless --no-isolate). False, the
     # library default: in this process, where a caller's injected device layer or live loss lives.
     isolate: bool = False
+    # --compile: torch.compile backends to audit every case under, in place of the config's lists.
+    compile: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -55,10 +56,18 @@ class Job:
 def select_jobs(config: Config, options: RunOptions) -> list[Job]:
     """Expand the config into case x device jobs, in config order, applying the options."""
     check_device_names(options.devices)
+    if options.timeout is not None and not options.timeout > 0:  # NaN fails this too
+        raise UsageError(f"--timeout {options.timeout:g}: give a positive number of seconds (inf: no limit)")
     specs = config.cases
+    if options.compile:
+        from gradaudit.config import compiled_entry
+
+        eager = [s for s in specs if s.compile is None]
+        specs = [e for s in eager for e in [s, *(compiled_entry(s, b) for b in options.compile)]]
     if options.case_globs:
-        specs = [s for s in specs if any(fnmatch.fnmatchcase(s.name, g) or fnmatch.fnmatchcase(s.base_name, g)
-                                         for g in options.case_globs)]
+        # An exact name first: `case[B=1]` is also a glob whose brackets match one character.
+        specs = [s for s in specs if any(s.name == g or fnmatch.fnmatchcase(s.name, g)
+                                         or fnmatch.fnmatchcase(s.base_name, g) for g in options.case_globs)]
         if not specs:
             raise UsageError(f"--case {' '.join(options.case_globs)} matches no case in "
                              f"{config.display_path}; cases are: "
@@ -96,10 +105,14 @@ def audit_in_process(config: Config, jobs: list[Job],
     """Audit every job in this process, one after another, yielding (index, result); call
     `before(index)` before each job."""
     from gradaudit.loading import add_import_roots
+    from gradaudit.processstate import Snapshot, note_leaks
     from gradaudit.workers import audit_job
 
     add_import_roots(config.root, config.sys_path)
     ctx = audit_context(config.root, config.display_path)
+    # What each job starts from and is put back to: a job here shares the process with the caller
+    # and with the jobs after it.
+    fresh = Snapshot.take()
     armed = False
     if not faulthandler.is_enabled():
         with contextlib.suppress(AttributeError, OSError, ValueError, io.UnsupportedOperation):
@@ -110,7 +123,11 @@ def audit_in_process(config: Config, jobs: list[Job],
         for index, job in enumerate(jobs):
             if before:
                 before(index)
-            yield index, audit_job(job.spec, job.device, ctx)
+            result = audit_job(job.spec, job.device, ctx)
+            changes = fresh.changes()
+            if changes:
+                note_leaks(result, changes, job.spec, config.root, in_process=True, unrestored=fresh.restore())
+            yield index, result
     finally:
         if armed:
             faulthandler.disable()
@@ -137,24 +154,6 @@ def worker_count(jobs_option: int | None, n_jobs: int) -> int:
     return max(1, min(wanted, n_jobs))
 
 
-@contextlib.contextmanager
-def _interrupts_raise() -> Iterator[None]:
-    """Turn SIGTERM, like SIGINT, into KeyboardInterrupt while the run is on."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def _environment(interrupted: bool = False) -> dict:
     """The environment block; a run interrupted while torch was importing still gets one."""
     from gradaudit.environment import describe
@@ -179,14 +178,18 @@ class RunInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM stopped a run; `results` holds what finished (the rest `skip`).
 
     A KeyboardInterrupt, so that a caller that does not know it (a test, a notebook) stops as usual.
+    `error` is set when the run stopped because gradaudit could not go on (workers that stopped
+    starting half-way), not because it was asked to.
     """
 
-    def __init__(self, results: RunResults) -> None:
-        super().__init__("the run was interrupted")
+    def __init__(self, results: RunResults, error: Exception | None = None) -> None:
+        super().__init__(str(error) if error else "the run was interrupted")
         self.results = results
+        self.error = error
 
 
 NOT_RUN = "not run: the run was interrupted before this job finished"
+NOT_STARTED = "not run: gradaudit's worker processes stopped starting before this job ran"
 IN_PROCESS_DIED = "the gradaudit process died while auditing this case (--no-isolate): a crash in the loss"
 
 
@@ -227,7 +230,8 @@ def run(config: Config, options: RunOptions,
                 results.append(lost(job.spec, job.device, config.display_path, 0.0,
                                     ErrorInfo(type="Crash", message=IN_PROCESS_DIED)))
             else:
-                results.append(skipped(job.spec, job.device, NOT_RUN, config.display_path))
+                results.append(skipped(job.spec, job.device, NOT_STARTED if failure else NOT_RUN,
+                                       config.display_path))
         run_results = RunResults(
             results=results, gradaudit_version=__version__,
             started_at=started.isoformat(timespec="seconds"), duration_s=time.perf_counter() - t0,
@@ -239,7 +243,8 @@ def run(config: Config, options: RunOptions,
 
     pool = None
     finished = False
-    with _interrupts_raise():
+    failure: Exception | None = None
+    with interrupts.on_signals():
         try:
             if not options.isolate:
                 environment = _environment()
@@ -260,13 +265,20 @@ def run(config: Config, options: RunOptions,
             finished = True
         except KeyboardInterrupt:
             pass
+        except WorkerStartError as exc:
+            if not done:
+                raise  # nothing ran: a broken environment, not a run to report
+            failure = exc  # the finished jobs are kept; the rest say why they did not run
         finally:
-            if pool is not None:
-                pool.close(kill=not finished)
-                environment = pool.environment  # this process need not import torch at all
-    if environment is None:
-        environment = _environment(interrupted=not finished)
-    results = results_now()
+            # A second Ctrl-C here must not lose what finished: it is held until the caller is done.
+            with interrupts.hold():
+                if pool is not None:
+                    pool.close(kill=not finished)
+                    environment = pool.environment  # this process need not import torch at all
+        with interrupts.hold():
+            if environment is None:
+                environment = _environment(interrupted=not finished)
+            results = results_now()
     if not finished:
-        raise RunInterrupted(results)
+        raise RunInterrupted(results, failure)
     return results

@@ -15,7 +15,7 @@ class Key:
     """One config key: where it may appear, what it holds, and what it means."""
 
     name: str
-    kind: str  # "int", "float", "bool", "str", "list", "map", "number-or-list"
+    kind: str  # "int", "float", "bool", "str", "list", "map", "number-or-list", "bool-or-list"
     doc: str
     default: Any = None
     required: bool = False
@@ -37,7 +37,7 @@ SETTING_KEYS = [
     Key("seed", "int", "Base seed of the input draws.", default=0),
     Key("repeats", "int", "Independent random draws (at least); more are drawn to confirm a "
         "suspected zero-gradient pattern.", default=2),
-    Key("timeout", "float", "Seconds for one case on one device.", default=120),
+    Key("timeout", "float", "Seconds for one case on one device (`.inf`: no limit).", default=120),
     Key("rtol", "float", "Relative tolerance of the cpu-vs-cuda comparison.", default=1.0e-4),
     Key("atol", "float", "Absolute tolerance of the cpu-vs-cuda comparison.", default=1.0e-5),
     Key("gradcheck", "bool", "Check the analytic gradient against finite differences in "
@@ -51,6 +51,10 @@ SETTING_KEYS = [
     Key("autocast", "bool", "Also run the forward under `torch.autocast` for the device "
         "(float16 on cuda and mps, bfloat16 on cpu), making cases `case[autocast=off]` and "
         "`case[autocast=on]`.", default=False),
+    Key("compile", "bool-or-list", "Also audit the loss under `torch.compile` with each of these "
+        "backends (`true` means `[inductor]`), making cases `case[compile=inductor]` beside the eager "
+        "`case`, on the same draws: compiled loss and gradients are compared with eager's. Any "
+        "registered backend name works, one that the loss module registers too.", default=False),
     Key("max_memory_mb", "int", "Memory cap in MiB for one case on cpu: the worker may map this "
         "much more than it holds when the case starts (RLIMIT_AS on Linux). An allocation past it "
         "makes the case an error, not a machine-wide out-of-memory.", default=None),
@@ -68,6 +72,10 @@ CASE_KEYS = [
     Key("inputs", "map", "Ordered mapping of input name to input spec, passed positionally.",
         required=True),
     Key("expect", "map", "Declared, intentional behaviour.", default={}),
+    Key("per_sample", "str", "A dim of `dims` (usually `B`) that the loss reduces per-sample terms "
+        "over: the audit then checks that each sample's gradient depends on that sample alone "
+        "(finding `batch-mixing`). Leave it out for losses that couple samples on purpose "
+        "(in-batch negatives, batch-hard mining).", default=None),
 ]
 
 INPUT_KEYS = [

@@ -24,6 +24,9 @@ cases:
       target: {shape: [B], init: randint, high: 5}  # integer class labels
     expect:
       no_grad: [target]    # inputs allowed to get no gradient
+    # per_sample: B        # the loss is a mean/sum of per-sample terms over B: check that each
+    #                      # sample's gradient depends on that sample alone (finding batch-mixing);
+    #                      # leave it out for in-batch negatives and other on-purpose coupling
 
   - name: mse
     loss: torch.nn.functional:mse_loss

@@ -10,6 +10,7 @@ from gradaudit.baseline import LABELS
 from gradaudit.baseline import describe as describe_baseline
 from gradaudit.causes import Cause, group_by_cause
 from gradaudit.model import STATUSES, CaseResult, Finding, RunResults
+from gradaudit.safetext import safe_text
 
 BASELINE_STYLE = {"new-failure": "bold red", "still-failing": "yellow", "fixed": "green", "new-case": "cyan"}
 STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "error": "bold magenta",
@@ -19,7 +20,7 @@ STATUS_STYLE = {"pass": "green", "warn": "yellow", "fail": "bold red", "error": 
 def status_text(result: CaseResult) -> str:
     style = STATUS_STYLE.get(result.status, "")
     label = result.status.upper() + (" (expected)" if result.expected else "")
-    return f"[{style}]{label}[/]"
+    return f"[{style}]{escape(safe_text(label))}[/]"
 
 
 def result_line(result: CaseResult) -> str:
@@ -31,13 +32,14 @@ def result_line(result: CaseResult) -> str:
         text += f" ({LABELS[result.baseline]})"
     if result.summary_line and result.status != "pass":
         text += f"  {result.summary_line}"
-    return text
+    return safe_text(text, lines=False)
 
 
 def cause_line(cause: Cause) -> str:
     """`partial-grad at losses/ratio.py:7: 10 results (5 cases) on cpu, cuda, 2 new`: one cause's heading."""
     kind = {"expected": " (expected)", "fixed": ""}.get(cause.kind, "")
-    return f"{cause.title}{kind}: {cause.reach()}" + (f", {cause.new} new" if cause.new else "")
+    return safe_text(f"{cause.title}{kind}: {cause.reach()}" + (f", {cause.new} new" if cause.new else ""),
+                     lines=False)
 
 
 def print_summary(results: RunResults, console: Console) -> None:
@@ -70,8 +72,8 @@ def print_summary(results: RunResults, console: Console) -> None:
             table.add_column("what broke, where", overflow="fold")
             for r in cause.results:
                 mark = [f"[{BASELINE_STYLE[r.baseline]}]{LABELS[r.baseline]}[/]" if r.baseline else ""]
-                table.add_row(escape(r.case), escape(r.device), status_text(r),
-                              *(mark if results.baseline else []), escape(r.summary_line))
+                table.add_row(escape(safe_text(r.case)), escape(safe_text(r.device)), status_text(r),
+                              *(mark if results.baseline else []), escape(safe_text(r.summary_line)))
             console.print(table)
     for line in skip_lines(results):
         console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -131,7 +133,7 @@ def finding_text(finding: Finding) -> str:
     second = finding.second
     if second:
         text += f"\n  {second.label or 'see also'} {second.where}" + (f": {second.code}" if second.code else "")
-    return text
+    return safe_text(text)
 
 
 def result_text(result: CaseResult) -> str:
@@ -147,7 +149,7 @@ def result_text(result: CaseResult) -> str:
         lines.append(f"  {result.summary_line}")
     if result.status != "pass" and result.reproduce:
         lines.append(f"  reproduce: {result.reproduce}")
-    return "\n".join(lines)
+    return safe_text("\n".join(lines))
 
 
 def plain_summary(results: RunResults, only: list[CaseResult] | None = None) -> str:

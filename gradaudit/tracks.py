@@ -35,7 +35,6 @@ class Track:
     shape: list[int]
     dtype: str
     requires_grad: bool
-    alive_counts: torch.Tensor | None = None  # per element: draws in which its gradient was nonzero
     draws: int = 0
     none_draws: int = 0
     nonfinite: int = 0
@@ -44,23 +43,44 @@ class Track:
     count_dtype: torch.dtype = torch.uint8
     decision: evidence.Decision | None = None  # what the evidence says of its zero pattern
 
+    # Per element: draws in which its gradient was nonzero. Left unmade (None) while every draw
+    # with a gradient was dense, the common case: the counts are then `dense_draws` everywhere.
+    _counts: torch.Tensor | None = field(default=None, repr=False)
+    dense_draws: int = 0  # draws whose gradient had no zero, before the counts were made
+
     def add(self, grad: torch.Tensor | None) -> None:
         self.draws += 1
-        if self.alive_counts is None:
-            self.alive_counts = torch.zeros(self.shape, dtype=self.count_dtype)
         if grad is None:
             self.none_draws += 1
             return
         g = grad.detach()
-        # The common case costs one pass: a finite norm means every element is finite. Only a
-        # non-finite norm (a NaN/Inf, or an overflow in low precision) pays for the masked passes.
-        norm = torch.linalg.vector_norm(g)
-        if not bool(torch.isfinite(norm)):
+        # The common case costs a norm and one smallest-magnitude reduction, and no mask: a finite
+        # norm means every element is finite, and a dense gradient (no zero) adds one to every
+        # count, which stays implicit. Only a non-finite norm (a NaN/Inf, or an overflow in low
+        # precision) pays for the masked passes, and only a gradient with zeros (or one after it)
+        # for the per-element counts.
+        norm = float(torch.linalg.vector_norm(g))
+        if not math.isfinite(norm):
             finite = torch.isfinite(g)
             self.nonfinite = max(self.nonfinite, int((~finite).sum()))
-            norm = torch.linalg.vector_norm(torch.where(finite, g, 0), dtype=torch.float64)
-        self.alive_counts += (g != 0).cpu()
-        self.norms.append(float(norm))
+            norm = float(torch.linalg.vector_norm(torch.where(finite, g, 0), dtype=torch.float64))
+        self.norms.append(norm)
+        if self._counts is None and _dense(g):
+            self.dense_draws += 1
+            return
+        self.alive_counts.add_((g != 0).cpu())
+
+    @property
+    def alive_counts(self) -> torch.Tensor | None:
+        """Per element: the draws in which its gradient was nonzero (None before any draw)."""
+        if self._counts is None and self.draws:
+            self._counts = torch.full(self.shape, self.dense_draws, dtype=self.count_dtype)
+        return self._counts
+
+    @property
+    def counts_implicit(self) -> bool:
+        """Every draw with a gradient was dense (and there was one): the counts are `dense_draws`."""
+        return self._counts is None and self.dense_draws > 0
 
     @property
     def ever_nonzero(self) -> torch.Tensor | None:
@@ -68,7 +88,15 @@ class Track:
 
     @property
     def dead(self) -> int:
-        return 0 if self.alive_counts is None else int((self.alive_counts == 0).sum())
+        if self._counts is None:  # implicit counts: all dense, or no gradient yet
+            return self._numel() if self.draws and not self.dense_draws else 0
+        return int((self._counts == 0).sum())
+
+    def _numel(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
 
     # -- the decision -----------------------------------------------------------------------
     def false_alarm_odds(self) -> float:
@@ -96,7 +124,7 @@ class Track:
             return "none"
         if not self.dead or not self.confirmed:
             return "ok"
-        if self.dead == self.alive_counts.numel():
+        if self.dead == self._numel():
             return "zero"
         return "partial"
 
@@ -105,14 +133,24 @@ class Track:
         verdict = self.verdict(draws) if draws else ("none" if self.requires_grad else "not-required")
         result = InputResult(name=self.name, shape=self.shape, dtype=self.dtype,
                              requires_grad=self.requires_grad, grad=verdict)
-        if self.requires_grad and self.alive_counts is not None:
-            numel = self.alive_counts.numel()
+        if self.requires_grad and self.draws:
+            numel = self._numel()
             result.zero_fraction = round(self.dead / numel, 6) if numel else 0.0
             result.nonfinite_count = self.nonfinite
             result.grad_norm = round(sum(self.norms) / len(self.norms), 6) if self.norms else None
             if verdict in ("zero", "partial"):
                 result.grad_map = fold_map(self.ever_nonzero)
         return result
+
+
+def _dense(g: torch.Tensor) -> bool:
+    """No element of `g` is zero, with no mask: the smallest magnitude is above zero (a NaN makes it
+    NaN, so the exact masked path decides). `abs().amin()` is about half `count_nonzero`'s cost."""
+    if g.numel() == 0:
+        return True
+    if g.layout is not torch.strided:
+        return int(torch.count_nonzero(g)) == g.numel()
+    return float(g.abs().amin()) > 0
 
 
 class StopRule:
@@ -149,11 +187,17 @@ class StopRule:
 
     def _decide(self, draws: int) -> list[Track]:
         audited = [t for t in self.tracks.values() if t.requires_grad and t.name not in self.declared
-                   and not t.nonfinite and t.alive_counts is not None and t.none_draws < t.draws]
+                   and not t.nonfinite and t.draws and t.none_draws < t.draws]
         if self._decided_at != draws:
             self._decided_at = draws
-            decisions = evidence.decide({t.name: t.alive_counts for t in audited}, draws, max_draws=self.cap,
-                                        alpha=FALSE_ALARM, identical_draws=self.identical)
-            for track in audited:
+            # A tensor dense in every draw so far has no counts to read: nothing of it is dead.
+            dense = [t for t in audited if t.counts_implicit]
+            counted = [t for t in audited if not t.counts_implicit]
+            decisions = evidence.decide({t.name: t.alive_counts for t in counted}, draws, max_draws=self.cap,
+                                        alpha=FALSE_ALARM, identical_draws=self.identical,
+                                        dense_shapes=[t.shape for t in dense])
+            for track in dense:
+                track.decision = evidence.Decision(evidence.NO_FINDING, 0.0)
+            for track in counted:
                 track.decision = decisions[track.name]
         return audited

@@ -50,4 +50,24 @@ def check_losses(config: Config) -> list[str]:
             problems.append(f"{where}: {spec.loss} cannot take inputs "
                             f"({', '.join(i.name for i in spec.inputs)}) and kwargs "
                             f"{sorted(spec.kwargs)}: {exc}")
+    problems += _unknown_backends(config)
+    return problems
+
+
+def _unknown_backends(config: Config) -> list[str]:
+    """The `compile` backends no one registered, known once every loss module is imported."""
+    first = {}
+    for spec in config.cases:
+        if spec.compile:
+            first.setdefault(spec.compile, spec)
+    if not first:
+        return []
+    from gradaudit.compiled import UnknownBackend, check_backend
+
+    problems = []
+    for name, spec in first.items():
+        try:
+            check_backend(name)
+        except UnknownBackend as exc:
+            problems.append(f"{config.display_path}:{spec.line}: case {spec.base_name!r}: compile: {exc}")
     return problems

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from gradaudit.config import CaseSpec
-from gradaudit.errors import GradauditError
+from gradaudit.errors import WorkerStartError
 from gradaudit.model import CaseResult, ErrorInfo
 
 # How much of a dead worker's output a result keeps.
@@ -43,16 +43,12 @@ TAIL_BYTES = 6000
 TAIL_LINES = 40
 # A timed-out worker gets this long to dump its stack before it is killed.
 DUMP_GRACE_S = 0.5
+# The longest single wait for workers; a deadline further off is waited for in steps.
+MAX_WAIT_S = 3600.0
 # Workers that die before they are ready, in a row, before the run gives up.
 MAX_START_FAILURES = 3
 # The forkserver imports these once; every worker forked from it starts with them loaded.
 PRELOAD = ["gradaudit._preload"]
-
-
-class WorkerStartError(GradauditError):
-    """Workers cannot start at all (a broken environment, not a broken loss)."""
-
-    exit_code = 1
 
 
 @dataclass
@@ -84,6 +80,13 @@ def audit_job(spec: CaseSpec, device: str, ctx: Any) -> CaseResult:
         # A loss that calls sys.exit() would end the worker (or the whole run in-process).
         return lost(spec, device, ctx.config_display, time.perf_counter() - start,
                     ErrorInfo(type="SystemExit", message=f"the loss called sys.exit({exc.code!r})"))
+    except Exception as exc:  # noqa: BLE001 - a failure of ours costs this case, not the run
+        import traceback
+
+        return lost(spec, device, ctx.config_display, time.perf_counter() - start,
+                    ErrorInfo(type=type(exc).__name__, message=f"gradaudit failed while auditing this case: "
+                              f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()),
+                    status="error")
     if guard.limited:
         memory_verdict(result, spec.max_memory_mb)
     return result
@@ -234,11 +237,14 @@ def _worker_main(conn, setup: WorkerSetup, log_path: str, describe: bool = False
     from gradaudit.environment import describe as environment
     from gradaudit.jobs import audit_context
     from gradaudit.loading import add_import_roots
+    from gradaudit.processstate import Change, Snapshot, note_leaks
 
     add_import_roots(setup.root, setup.sys_path)
     ctx = audit_context(setup.root, setup.config_display)
     # Plain data only: the parent must be able to read it without importing torch.
     env = json.loads(json.dumps(environment(), default=str)) if describe else None
+    # The state every job starts from: a job that leaves it changed ends this worker.
+    fresh = Snapshot.take()
     conn.send(("ready", os.getpid(), env))
     while True:
         try:
@@ -250,9 +256,15 @@ def _worker_main(conn, setup: WorkerSetup, log_path: str, describe: bool = False
         index, spec, device = message
         _fresh_log(log_fd)
         result = audit_job(spec, device, ctx)
-        # A case that poisoned a device context leaves this worker unusable: it says so and leaves,
-        # and a fresh worker takes the next job.
-        leaving = needs_fresh_process()
+        changes = fresh.changes()
+        children = end_children()
+        if children:
+            changes.append(Change(f"left {children} child process{'es' if children > 1 else ''} running "
+                                  "(killed with the case)"))
+        note_leaks(result, changes, spec, setup.root, in_process=False)
+        # A case that poisoned a device context or changed process-wide state leaves this worker
+        # unfit: it says so and leaves, and a fresh worker takes the next job.
+        leaving = needs_fresh_process() or bool(changes)
         try:
             conn.send(("done", index, result, leaving))
         except Exception as exc:  # noqa: BLE001 - a result that does not pickle is still a result
@@ -270,12 +282,25 @@ def _become_worker(log_path: str) -> int:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
+    # A process group of its own, so that the parent can kill the worker with whatever a loss
+    # started; and the reaper of its orphaned descendants, so that none outlives its case.
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
+    _adopt_orphans()
+    # torch.compile's compile workers would be processes that outlive the case; compile here.
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
     with contextlib.suppress(ImportError, OSError, ValueError):
         import resource
 
         # A crashing loss should cost a line in the report, not a core file of torch's size.
         resource.setrlimit(resource.RLIMIT_CORE, (0, resource.getrlimit(resource.RLIMIT_CORE)[1]))
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    except OSError as exc:
+        # Not a traceback on the user's terminal: the parent says why workers cannot start.
+        with contextlib.suppress(OSError):
+            os.write(2, f"gradaudit: a worker cannot open its log {log_path}: {exc.strerror}\n".encode())
+        os._exit(70)
     sys.stdout.flush()
     sys.stderr.flush()
     os.dup2(log_fd, 1)
@@ -288,9 +313,71 @@ def _become_worker(log_path: str) -> int:
 
 def _fresh_log(log_fd: int) -> None:
     """Empty the log so that a crash's tail holds this job's output alone."""
-    sys.stdout.flush()
-    sys.stderr.flush()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):  # a stream a loss closed or replaced: not this job's fault
+            stream.flush()
     os.ftruncate(log_fd, 0)
+
+
+def _adopt_orphans() -> None:
+    """Become the parent of this worker's orphaned descendants (Linux), so end_children finds them."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+    except (OSError, AttributeError):
+        pass
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below `pid` (Linux /proc; elsewhere none are found)."""
+    found: list[int] = []
+    todo = [pid]
+    while todo:
+        parent = todo.pop()
+        try:
+            tasks = os.listdir(f"/proc/{parent}/task")
+        except OSError:
+            continue
+        for task in tasks:
+            try:
+                with open(f"/proc/{parent}/task/{task}/children", encoding="ascii") as f:
+                    kids = [int(k) for k in f.read().split()]
+            except (OSError, ValueError):
+                continue
+            found += kids
+            todo += kids
+    return found
+
+
+def end_children(grace_s: float = 2.0) -> int:
+    """Kill every process a job left running below this worker and reap it; return how many.
+
+    A child of a loss inherits the worker's descriptors, among them the pipes that keep
+    multiprocessing's helper processes (and so gradaudit's own stdout) open: `gradaudit run | cat`
+    would wait for it.
+    """
+    killed: set[int] = set()
+    give_up = time.monotonic() + grace_s
+    while True:
+        alive = _descendants(os.getpid())
+        for pid in alive:
+            if pid not in killed:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+        while True:
+            try:
+                pid, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return len(killed)
+            if pid == 0:
+                break
+        if not alive or time.monotonic() > give_up:
+            return len(killed)
+        time.sleep(0.005)
 
 
 def _die_with_parent() -> None:
@@ -395,7 +482,7 @@ class WorkerPool:
         index, job = item
         w.job = item
         w.started = time.monotonic()
-        w.deadline = w.started + float(job.spec.timeout)
+        w.deadline = w.started + float(job.spec.timeout)  # inf: no limit
         try:
             w.conn.send((index, job.spec, job.device))
         except (BrokenPipeError, OSError):
@@ -407,7 +494,8 @@ class WorkerPool:
             handles[w.conn] = w
             handles[w.process.sentinel] = w
         busy = [w.deadline for w in self.workers if w.job]
-        timeout = max(0.0, min(busy) - time.monotonic()) if busy else None
+        # An infinite (or astronomically long) timeout never passes; wait() takes bounded waits.
+        timeout = min(MAX_WAIT_S, max(0.0, min(busy) - time.monotonic())) if busy else None
         ready = wait(list(handles), timeout)
         for w in {id(handles[h]): handles[h] for h in ready}.values():
             yield from self._service(w)
@@ -475,7 +563,7 @@ class WorkerPool:
             while time.monotonic() < give_up and not _dumped(w.log_path, size):
                 time.sleep(0.02)
             time.sleep(0.05)  # the dump is several writes; let the last ones land
-        w.process.kill()
+        _kill(w)
         w.process.join(timeout=5)
         self._forget(w)
         tail = _tail(w.log_path)
@@ -508,12 +596,19 @@ class WorkerPool:
         for w in self.workers:
             w.process.join(timeout=max(0.0, give_up - time.monotonic()))
             if w.process.is_alive():
-                w.process.kill()
+                _kill(w)
                 w.process.join(timeout=5)
             with contextlib.suppress(OSError):
                 w.conn.close()
         self.workers.clear()
         shutil.rmtree(self.logs, ignore_errors=True)
+
+
+def _kill(w: _Worker) -> None:
+    """Kill a worker and the processes its job started (its process group, where it made one)."""
+    with contextlib.suppress(OSError, AttributeError):
+        os.killpg(w.process.pid, signal.SIGKILL)  # a group named after the worker: never ours
+    w.process.kill()
 
 
 @contextlib.contextmanager

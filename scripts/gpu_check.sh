@@ -6,13 +6,13 @@
 # Installs this checkout without touching its dependencies, runs the CUDA-marked tests, and audits
 # the sample configs on cpu and cuda. Writes at most 8 files, all directly in $OUT:
 #   summary.txt        machine, torch, each step's exit code and time, and what differed cpu vs cuda
-#   pytest.log         python -m pytest -m cuda
+#   pytest.log         python -m pytest -m cuda (then tests/test_compile.py's: Inductor on CUDA)
 #   runs.log           the install and the three gradaudit runs
-#   <sample>.json      results.json of each run (seed_examples, torch_losses, precision)
-#   reports.tar.gz     the three HTML report folders
+#   <sample>.json      results.json of each run (seed_examples, torch_losses, precision, compile_examples)
+#   reports.tar.gz     the HTML report folders
 # Every step runs even when an earlier one fails; the exit code is 1 if any step broke.
 # Knobs (for testing this script on a CPU machine): PYTHON, GPU_CHECK_INSTALL=0,
-# GPU_CHECK_SAMPLES (default: "seed_examples torch_losses precision").
+# GPU_CHECK_SAMPLES (default: "seed_examples torch_losses precision compile_examples").
 set -u
 
 cd "$(dirname "$0")/.."
@@ -80,7 +80,7 @@ fi
 
 # The CUDA tests: only the files that have some, so a test file that needs what this image lacks
 # (a browser, xdist) cannot break the collection.
-mapfile -t CUDA_TESTS < <(grep -l "mark.cuda" tests/test_*.py 2>/dev/null)
+mapfile -t CUDA_TESTS < <(grep -l "mark.cuda" tests/test_*.py 2>/dev/null | grep -v "tests/test_compile.py")
 if [[ ${#CUDA_TESTS[@]} -gt 0 ]]; then
   step "pytest -m cuda" "0" "$OUT/pytest.log" 150 \
     "$PY" -m pytest -m cuda -q -rs -p no:cacheprovider "${CUDA_TESTS[@]}"
@@ -88,14 +88,23 @@ else
   STEPS+=("pytest -m cuda               no test file has a cuda mark: skipped")
 fi
 
+# torch.compile on CUDA (Inductor generates Triton kernels): its own step, since the compiles take
+# a while; results land in pytest.log too.
+if [[ -f tests/test_compile.py ]]; then
+  step "pytest -m cuda compile" "0" "$OUT/pytest.log" 420 \
+    "$PY" -m pytest -m cuda -q -rs -p no:cacheprovider tests/test_compile.py
+fi
+
 # Exit 0 or 1 means the run finished and wrote its report (1: some case failed); 2+ is broken.
-for sample in ${GPU_CHECK_SAMPLES:-seed_examples torch_losses precision}; do
+for sample in ${GPU_CHECK_SAMPLES:-seed_examples torch_losses precision compile_examples}; do
   config="sample_configs/$sample.yaml"
   if [[ ! -f $config ]]; then
     STEPS+=("$(printf '%-28s %s' "run $sample" "missing $config: skipped")")
     continue
   fi
-  step "run $sample" "0 1" "$RUNS_LOG" 90 "$PY" -m gradaudit run "$config" -o "$WORK/$sample" \
+  limit=90
+  [[ $sample == compile_examples ]] && limit=420  # Inductor compiles, on cpu and on cuda (Triton)
+  step "run $sample" "0 1" "$RUNS_LOG" "$limit" "$PY" -m gradaudit run "$config" -o "$WORK/$sample" \
     --json "$OUT/$sample.json" --device cpu --device cuda --jobs 4
 done
 
@@ -141,6 +150,12 @@ for path in sorted(out.glob("*.json")):
         if cuda["status"] in ("error", "crash", "timeout"):
             message = (cuda.get("error") or {}).get("message", "")
             differ.append(f"  {case}: cuda {cuda['status']}: {message[:300]}")
+    for r in doc["results"]:  # compiled entries on the GPU: what Inductor/Triton cost and did
+        c = r.get("compile")
+        if c and r["device"] != "cpu" and r["status"] != "skip":
+            print(f"  compiled {r['case']} [{r['device']}]: {r['status']}, compile_s {c.get('compile_s')}, "
+                  f"{c.get('compared_draws')} draws compared with eager"
+                  + (f", not compared: {c['not_compared']}" if c.get("not_compared") else ""))
     if differ:
         print("\n".join(differ))
     else:

@@ -2,18 +2,34 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.conftest import LOSSES, REPO, by_case, check_contract, finding_ids
+from tests.conftest import LOSSES, REPO, by_case, check_contract, finding_ids, run_gradaudit
+
+
+@pytest.fixture
+def short_tmp():
+    """A temporary folder with a short path, for TMPDIR: multiprocessing puts its forkserver's
+    socket there, and a socket path has at most 107 bytes (pytest-xdist's tmp_path can be longer)."""
+    folder = Path(tempfile.mkdtemp(prefix="ga-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
 
 FAULTS = """
 defaults: {devices: [cpu], timeout: 2}
@@ -174,14 +190,13 @@ def _gradaudit(*args, **kwargs) -> subprocess.CompletedProcess:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_an_interrupt_writes_the_finished_cases_and_exits_130(tmp_path, signum):
+def test_an_interrupt_writes_the_finished_cases_and_exits_130(tmp_path, short_tmp, signum):
     lines = ["version: 1", f"sys_path: [{LOSSES}]", "defaults: {devices: [cpu]}", "cases:"]
     lines += [f"  - {{name: slow{i:02}, loss: 'faults:slow_good', inputs: {{x: {{shape: [4]}}}}}}"
               for i in range(40)]
     config = tmp_path / "slow.yaml"
     config.write_text("\n".join(lines) + "\n")
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
+    scratch = short_tmp
     env = {**os.environ, "PYTHONPATH": str(REPO), "TMPDIR": str(scratch)}
     proc = subprocess.Popen([sys.executable, "-m", "gradaudit", "run", str(config), "-o",
                              str(tmp_path / "out"), "--jobs", "2"],
@@ -310,3 +325,489 @@ def test_each_worker_gets_its_share_of_the_cores(audit_config):
         _, doc = audit_config(config, "--jobs", str(jobs))
         threads = {r["loss"]["value"] for r in doc["results"]}
         assert threads == {max(1, cpus // jobs)}, (jobs, cpus, threads)
+
+
+# -- one case cannot change another's verdict (issue 14) ---------------------------------------------
+
+def _run_config(tmp_path, body: str, *args, name: str = "c", timeout: float = 240, env: dict | None = None):
+    """Write a config over tests/losses, run `gradaudit run` as a real process under a watchdog,
+    and return (the process, results.json as a dict or None)."""
+    config = tmp_path / f"{name}.yaml"
+    config.write_text(f"version: 1\nsys_path: [{LOSSES}]\n" + textwrap.dedent(body))
+    out = tmp_path / f"{name}-out"
+    proc = run_gradaudit("run", config, "-o", out, *args, timeout=timeout, env=env)
+    path = out / "results.json"
+    return proc, (json.loads(path.read_text()) if path.exists() else None)
+
+
+def _case_lines(pairs: list[tuple[str, str]]) -> str:
+    lines = ["defaults: {devices: [cpu], timeout: 60}", "cases:"]
+    lines += [f"  - {{name: {name}, loss: 'hostile:{loss}', inputs: {{x: {{shape: [4]}}}}}}" for name, loss in pairs]
+    return "\n".join(lines) + "\n"
+
+
+# (the hostile loss, the innocent loss after it whose verdict it used to change)
+POISONS = [
+    ("patches_detach", "detached"),  # the buggy detached loss passed
+    ("leaves_grad_off", "needs_grad_mode"),  # the correct loss failed, blamed on its own line
+    ("patches_mse_loss", "mse"),
+    ("patches_backward", "needs_grad_mode"),
+    ("swaps_a_module", "uses_import_module"),
+    ("leaves_default_dtype", "makes_a_tensor"),
+    ("leaves_anomaly_mode", "good"),
+]
+
+
+def _without_times(result: dict) -> dict:
+    result = dict(result)
+    result.pop("duration_s")
+    result.pop("reproduce")  # names the config file
+    return result
+
+
+@pytest.mark.parametrize("isolate", [True, False], ids=["workers", "no-isolate"])
+def test_a_case_cannot_change_the_verdict_of_a_later_one(tmp_path, isolate):
+    pairs = []
+    for i, (poison, victim) in enumerate(POISONS):
+        pairs += [(f"p{i}_{poison}", poison), (f"p{i}_{poison}_victim", victim)]
+    extra = ["--jobs", "1"] if isolate else ["--no-isolate"]
+    proc, doc = _run_config(tmp_path, _case_lines(pairs), *extra, name="together")
+    assert doc is not None, proc.stderr
+    alone_proc, alone = _run_config(tmp_path, _case_lines([p for p in pairs if p[0].endswith("_victim")]),
+                                    *extra, name="alone")
+    assert alone is not None, alone_proc.stderr
+    together, by_itself = by_case(doc), by_case(alone)
+    for name, result in by_itself.items():
+        assert _without_times(together[name]) == _without_times(result), name
+    # Each poison is reported on the case that left it, as a warning that names what it changed.
+    for i, (poison, _) in enumerate(POISONS):
+        result = together[f"p{i}_{poison}"]
+        assert "leaked-state" in finding_ids(result), (poison, result["findings"])
+    detach = next(f for f in together["p0_patches_detach"]["findings"] if f["id"] == "leaked-state")
+    assert detach["severity"] == "warn" and "torch.Tensor.detach" in detach["message"]
+    assert together["p0_patches_detach"]["status"] == "warn"
+    # The line to change is the assignment of the patch.
+    assert detach["location"]["line"] == _line_of_in("hostile.py", "torch.Tensor.detach = lambda")
+    grad = next(f for f in together["p1_leaves_grad_off"]["findings"] if f["id"] == "leaked-state")
+    assert "grad mode off" in grad["message"]
+    word = "fresh worker" if isolate else "restored it in this process"
+    assert word in grad["message"]
+
+
+def _line_of_in(filename: str, code: str) -> int:
+    lines = (LOSSES / filename).read_text().splitlines()
+    return next(i for i, text in enumerate(lines, 1) if code in text)
+
+
+def test_leaked_state_quiet_twins(tmp_path):
+    """Importing modules (new sys.modules keys, new submodule attributes) is not a leak."""
+    proc, doc = _run_config(tmp_path, _case_lines([("a", "imports_something"), ("b", "good"), ("c", "mse")]),
+                            "--jobs", "1")
+    assert doc is not None, proc.stderr
+    for name, result in by_case(doc).items():
+        assert result["status"] == "pass" and result["findings"] == [], (name, result["findings"])
+
+
+def test_expect_ignore_drops_leaked_state(tmp_path):
+    proc, doc = _run_config(tmp_path, """
+        defaults: {devices: [cpu]}
+        cases:
+          - {name: a, loss: "hostile:leaves_anomaly_mode", inputs: {x: {shape: [4]}}, expect: {ignore: [leaked-state]}}
+          - {name: b, loss: "hostile:good", inputs: {x: {shape: [4]}}}
+        """, "--jobs", "1")
+    assert {n: r["status"] for n, r in by_case(doc).items()} == {"a": "pass", "b": "pass"}, proc.stderr
+
+
+def test_audit_restores_the_callers_state():
+    import torch
+
+    from gradaudit import Spec
+    from gradaudit.api import audit
+    from tests.losses import hostile
+
+    before = (torch.is_grad_enabled(), torch.get_default_dtype(), torch.Tensor.detach, torch.is_anomaly_enabled())
+    for loss in (hostile.leaves_grad_off, hostile.patches_detach, hostile.leaves_default_dtype,
+                 hostile.leaves_anomaly_mode):
+        results = audit(loss, inputs={"x": Spec(shape=(4,))}, devices=["cpu"])
+        leaks = [f for f in results.findings if f.id == "leaked-state"]
+        assert len(leaks) == 1 and "restored it in this process" in leaks[0].message, (loss, results.findings)
+        now = (torch.is_grad_enabled(), torch.get_default_dtype(), torch.Tensor.detach, torch.is_anomaly_enabled())
+        assert now == before, loss
+
+
+def test_what_cannot_be_restored_in_process_is_said(tmp_path):
+    proc, doc = _run_config(tmp_path, _case_lines([("a", "leaves_inference_mode")]), "--no-isolate")
+    finding = next(f for f in by_case(doc)["a"]["findings"] if f["id"] == "leaked-state")
+    assert "could not undo: left inference mode on" in finding["message"], finding
+    assert finding["detail"]["unrestored"] == ["left inference mode on"]
+
+
+def test_children_of_a_case_die_with_it(tmp_path):
+    # `gradaudit run | cat` waited for a loss's child (it held the run's pipes): here stdout is a pipe.
+    start = time.monotonic()
+    proc, doc = _run_config(tmp_path, _case_lines([("a", "forks_a_sleeper"), ("b", "good")]), "--jobs", "1",
+                            timeout=80)
+    assert time.monotonic() - start < 60  # the child sleeps 90 s
+    results = by_case(doc)
+    assert results["b"]["status"] == "pass"
+    finding = next(f for f in results["a"]["findings"] if f["id"] == "leaked-state")
+    assert "child process" in finding["message"]
+
+
+def test_a_loss_that_closes_stdout_costs_nobody_else(tmp_path):
+    proc, doc = _run_config(tmp_path, _case_lines([("a", "closes_stdout"), ("b", "good"), ("c", "good")]),
+                            "--jobs", "1")
+    results = by_case(doc)
+    assert results["b"]["status"] == results["c"]["status"] == "pass", (results["b"], proc.stderr)
+    assert "closed sys.stdout" in results["a"]["summary_line"]
+
+
+@pytest.mark.parametrize("isolate", [True, False], ids=["workers", "no-isolate"])
+def test_odd_return_values_are_a_verdict_not_a_crash(tmp_path, isolate):
+    proc, doc = _run_config(tmp_path, _case_lines([("a", "returns_int_subclass"), ("b", "returns_numpy_vector")]),
+                            *(["--jobs", "1"] if isolate else ["--no-isolate"]))
+    assert doc is not None, proc.stderr
+    for result in by_case(doc).values():
+        assert result["status"] == "fail" and finding_ids(result) == ["loss-no-grad"], result
+
+
+def _slow_config(tmp_path, n: int = 40) -> Path:
+    lines = ["version: 1", f"sys_path: [{LOSSES}]", "defaults: {devices: [cpu]}", "cases:"]
+    lines += [f"  - {{name: slow{i:02}, loss: 'faults:slow_good', inputs: {{x: {{shape: [4]}}}}}}"
+              for i in range(n)]
+    config = tmp_path / "slow.yaml"
+    config.write_text("\n".join(lines) + "\n")
+    return config
+
+
+def _start(tmp_path, *args, env: dict | None = None) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "gradaudit", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
+
+
+@pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_more_signals_while_stopping_still_leave_the_reports(tmp_path, short_tmp, second):
+    scratch = short_tmp
+    out = tmp_path / "out"
+    proc = _start(tmp_path, "run", _slow_config(tmp_path), "-o", out, "--jobs", "2", env={"TMPDIR": str(scratch)})
+    watchdog = threading.Timer(120, proc.kill)
+    watchdog.start()
+    try:
+        first = proc.stdout.readline()
+        assert first.startswith("PASS"), first + proc.stderr.read()
+        proc.send_signal(signal.SIGINT)
+        # Keep signalling while it stops its workers and writes the reports.
+        give_up = time.monotonic() + 5
+        while proc.poll() is None and time.monotonic() < give_up:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(second)
+            time.sleep(0.005)
+        out_text, err = proc.communicate(timeout=60)
+    finally:
+        watchdog.cancel()
+        proc.kill()
+    assert proc.returncode == 130, err
+    check_contract(out / "results.json")
+    doc = json.loads((out / "results.json").read_text())
+    assert doc["interrupted"] is True and "pass" in {r["status"] for r in doc["results"]}
+    assert "</html>" in (out / "index.html").read_text()
+    assert not [p.name for p in scratch.iterdir() if p.name.startswith("gradaudit-workers-")]
+    assert sorted(p.name for p in out.iterdir()) == ["index.html", "results.json"]
+
+
+# -- outputs: checked before the run, never lost after it ------------------------------------------
+
+GOOD = _case_lines([("a", "good"), ("b", "good")])
+
+
+@pytest.mark.parametrize("where", ["o-is-a-file", "o-under-a-file", "junit-is-a-folder"])
+def test_an_output_that_cannot_be_written_is_refused_before_the_run(tmp_path, where):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    args = {"o-is-a-file": ["-o", blocker], "o-under-a-file": ["-o", blocker / "report"],
+            "junit-is-a-folder": ["-o", tmp_path / "out", "--junit", tmp_path]}[where]
+    config = tmp_path / "c.yaml"
+    config.write_text(f"version: 1\nsys_path: [{LOSSES}]\n" + GOOD)
+    proc = run_gradaudit("run", config, *args, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "PASS" not in proc.stdout  # nothing ran
+    assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to fill a disk")
+def test_a_report_that_cannot_be_written_keeps_the_results(tmp_path, short_tmp):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"version: 1\nsys_path: [{LOSSES}]\n" + GOOD)
+    # The markdown summary hits a full disk: results.json is already in place. (Through a link,
+    # so that a gradaudit that renames onto its outputs replaces the link, never the device.)
+    full_disk = tmp_path / "full-disk.md"
+    full_disk.symlink_to("/dev/full")
+    out = tmp_path / "out"
+    proc = run_gradaudit("run", config, "-o", out, "--markdown", full_disk, timeout=120)
+    assert proc.returncode == 3, proc.stderr
+    line = [t for t in proc.stderr.splitlines() if t.startswith("error:")]
+    assert len(line) == 1 and "No space left on device" in line[0] and str(out / "results.json") in line[0]
+    check_contract(out / "results.json")
+    # results.json itself hits it: it is kept in the temporary folder, and the line says where.
+    scratch = short_tmp
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "results.json").symlink_to("/dev/full")
+    proc = run_gradaudit("run", config, "-o", full, timeout=120, env={"TMPDIR": str(scratch)})
+    assert proc.returncode == 3, proc.stderr
+    kept = list(scratch.glob("gradaudit-results-*.json"))
+    assert len(kept) == 1 and str(kept[0]) in proc.stderr and "Traceback" not in proc.stderr
+    check_contract(kept[0])
+    assert {r["status"] for r in json.loads(kept[0].read_text())["results"]} == {"pass"}
+
+
+def test_a_worker_that_stops_starting_keeps_the_finished_results(tmp_path, short_tmp):
+    scratch = short_tmp
+    proc, doc = _run_config(tmp_path, _case_lines([("a", "good"), ("b", "breaks_worker_start"), ("c", "good"),
+                                                   ("d", "good")]), "--jobs", "1", env={"TMPDIR": str(scratch)})
+    assert proc.returncode == 1, proc.stderr
+    assert "worker processes cannot start" in proc.stderr and "Traceback" not in proc.stderr
+    assert doc is not None, proc.stderr
+    results = by_case(doc)
+    assert results["a"]["status"] == "pass" and results["b"]["status"] == "crash"
+    assert {results[n]["status"] for n in "cd"} == {"skip"}
+    assert "stopped starting" in results["c"]["skip_reason"]
+
+
+def test_a_signal_while_reports_are_written_waits_for_them(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(f"version: 1\nsys_path: [{LOSSES}]\n" + GOOD)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "index.html").write_text("stale")
+    script = textwrap.dedent(f"""
+        import os, signal, sys
+        import gradaudit.htmlreport as html
+        real = html.write_html
+        def write_html(results, stream):
+            os.kill(os.getpid(), signal.SIGTERM)  # a cancelled CI job, mid-write
+            real(results, stream)
+        html.write_html = write_html
+        from gradaudit.cli import app
+        sys.argv = ["gradaudit", "run", {str(config)!r}, "-o", {str(out)!r}]
+        app()
+        """)
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 130, proc.stderr
+    assert (out / "index.html").read_text() != "stale"
+    check_contract(out / "results.json")
+
+
+def test_a_loss_that_changes_directory_moves_nothing(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    config = tmp_path / "c.yaml"
+    config.write_text(f"version: 1\nsys_path: [{LOSSES}]\n"
+                      + _case_lines([("a", "good"), ("b", "changes_directory"), ("c", "good")]))
+    proc = run_gradaudit("run", "c.yaml", "-o", "out", "--no-isolate", cwd=tmp_path, timeout=120,
+                         env={"GRADAUDIT_TEST_ELSEWHERE": str(elsewhere)})
+    assert list(elsewhere.iterdir()) == [], proc.stderr
+    doc = json.loads((tmp_path / "out" / "results.json").read_text())
+    results = by_case(doc)
+    assert results["a"]["status"] == results["c"]["status"] == "pass"
+    assert results["b"]["status"] == "warn" and "changed the working folder" in results["b"]["summary_line"]
+    assert doc["interrupted"] is False
+
+
+@pytest.mark.skipif(os.name != "posix", reason="folder locks use flock")
+def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
+    import fcntl
+
+    config = tmp_path / "c.yaml"
+    config.write_text(f"version: 1\nsys_path: [{LOSSES}]\n" + GOOD)
+    out = tmp_path / "out"
+    out.mkdir()
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running gradaudit holds
+        proc = run_gradaudit("run", config, "-o", out, timeout=120)
+    finally:
+        os.close(fd)
+    assert proc.returncode == 2 and "another gradaudit run is writing into this folder" in proc.stderr
+    assert list(out.iterdir()) == []
+
+
+# -- timeouts ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [".inf", "1.0e+300"])
+def test_an_infinite_timeout_means_no_limit(tmp_path, value):
+    proc, doc = _run_config(tmp_path, f"""
+        defaults: {{devices: [cpu], timeout: {value}}}
+        cases:
+          - {{name: a, loss: "hostile:good", inputs: {{x: {{shape: [4]}}}}}}
+        """, "--jobs", "1")
+    assert proc.returncode == 0, proc.stderr
+    assert by_case(doc)["a"]["status"] == "pass"
+
+
+def test_timeout_inf_on_the_command_line_means_no_limit(tmp_path):
+    proc, doc = _run_config(tmp_path, GOOD, "--jobs", "1", "--timeout", "inf")
+    assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize("value, message", [(".nan", "timeout must be a number, not NaN"),
+                                            ("-1", "timeout must not be negative"),
+                                            ("0", "timeout must be positive")])
+def test_a_timeout_that_is_no_limit_is_a_config_error(write_config, cli_invoke, value, message):
+    path = write_config(f"""
+        version: 1
+        defaults: {{timeout: {value}}}
+        cases:
+          - {{name: a, loss: "faults:good", inputs: {{x: {{shape: [4]}}}}}}
+        """)
+    result = cli_invoke(["validate", path], exit_code=2)
+    assert "config.yaml:3:" in result.output and message in result.output, result.output
+
+
+@pytest.mark.parametrize("value", ["nan", "-1", "0"])
+def test_a_bad_timeout_option_is_a_usage_error(write_config, cli_invoke, value):
+    path = write_config(f"version: 1\nsys_path: [{LOSSES}]\n" + GOOD)
+    result = cli_invoke(["run", path, "--timeout", value, "-o", path.parent / "out"], exit_code=2)
+    assert "--timeout" in result.output and "positive number of seconds" in result.output
+
+
+# -- hostile configs: bounded, with a clear error naming file and line --------------------------------
+
+def _bomb() -> str:
+    lines = ["version: 1", 'a: &a ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    previous = "a"
+    for name in "bcdefghi":  # 9**9 strings after expansion
+        lines.append(f"{name}: &{name} [" + ", ".join([f"*{previous}"] * 9) + "]")
+        previous = name
+    lines.append("cases: [{name: x, loss: 'faults:good', inputs: {x: {shape: [1]}}, kwargs: {k: *i}}]")
+    return "\n".join(lines) + "\n"
+
+
+def _deep(levels: int) -> str:
+    return ("version: 1\ncases:\n  - name: a\n    loss: faults:good\n    inputs: {x: {shape: [4]}}\n"
+            f"    kwargs: {{k: {'[' * levels}{']' * levels}}}\n")
+
+
+def _matrix() -> str:
+    sizes = "[" + ", ".join(str(i) for i in range(1, 14)) + "]"
+    return ("version: 1\ncases:\n  - name: a\n    loss: faults:good\n"
+            f"    dims: {{A: {sizes}, B: {sizes}, C: {sizes}, D: {sizes}, E: {sizes}}}\n"
+            "    inputs: {x: {shape: [A, B, C, D, E]}}\n")
+
+
+@pytest.mark.parametrize("text, where, message", [
+    (_bomb(), ":2:", "expands to more than 200,000 values"),
+    ("version: 1\ncases: &a\n  - *a\n", ":2:", "recursive alias"),
+    (_deep(500), ":6:", "nested more than 64 levels deep"),
+    (_matrix(), ":5:", "expands to 371,293 cases (13 x 13 x 13 x 13 x 13); at most 10,000"),
+], ids=["alias-bomb", "recursive-alias", "deep-nesting", "matrix-explosion"])
+def test_a_hostile_config_is_a_config_error_not_a_hang(tmp_path, text, where, message):
+    path = tmp_path / "hostile.yaml"
+    path.write_text(text)
+    proc = run_gradaudit("validate", path, timeout=90)  # before the bounds: 1.7 GB after 60 s, or a traceback
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert f"hostile.yaml{where}" in proc.stderr and message in proc.stderr, proc.stderr
+
+
+# -- control characters never act in any output -----------------------------------------------------
+
+HOSTILE = "bad\x1b[2K\rPASS    fake [cpu]\x00\x07\x9b\u202e done"
+RAW_CONTROLS = ["\x1b", "\r", "\x00", "\x07", "\x9b", "\u202e"]
+
+
+def _hostile_run():
+    from gradaudit.model import ErrorInfo
+    from tests import reportdata
+
+    bad = reportdata.ratio_fail()
+    bad.summary_line = HOSTILE
+    bad.findings[-1].message = HOSTILE
+    bad.findings[-1].location.code = HOSTILE
+    bad.error = ErrorInfo("ValueError", HOSTILE, traceback=f"Traceback:\n  {HOSTILE}\n")
+    bad.warnings = [HOSTILE]
+    return reportdata.sample_run([bad, reportdata.passing("good")])
+
+
+def test_safe_text_shows_controls_as_escapes():
+    from gradaudit.safetext import safe_text
+
+    assert safe_text(HOSTILE) == "bad\\x1b[2K\\rPASS    fake [cpu]\\x00\\x07\\x9b\\u202e done"
+    assert safe_text("two\nlines\tand a tab") == "two\nlines\tand a tab"
+    assert safe_text("two\nlines", lines=False) == "two\\nlines"
+
+
+def test_no_control_character_reaches_any_report(tmp_path, cli_invoke):
+    from gradaudit.jsonreport import write_json
+
+    path = tmp_path / "results.json"
+    with path.open("w", encoding="utf-8") as stream:
+        write_json(_hostile_run(), stream)
+    out = tmp_path / "out"
+    result = cli_invoke(["report", path, "-o", out, "--junit", out / "j.xml", "--markdown", out / "s.md"])
+    for name in ("index.html", "j.xml", "s.md"):
+        text = (out / name).read_text(encoding="utf-8")
+        found = [c for c in RAW_CONTROLS if c in text]
+        assert not found, (name, found)
+        assert "\\x1b[2K" in text.replace("\\\\", "\\").replace("\\[", "["), name  # shown, not dropped
+    assert not [c for c in RAW_CONTROLS if c in result.output]
+
+
+def test_no_control_character_reaches_the_terminal():
+    import io
+
+    from rich.console import Console
+
+    from gradaudit.terminal import RunProgress, print_summary, result_line, result_text, rich_line
+
+    run = _hostile_run()
+    bad = run.results[0]
+    for text in (result_line(bad), rich_line(bad), result_text(bad), repr(run)):
+        assert not [c for c in RAW_CONTROLS if c in text], text
+    for terminal in (True, False):
+        stream = io.StringIO()
+        console = Console(file=stream, force_terminal=terminal, width=200)
+        progress = RunProgress(console)
+        progress.start(2)
+        for r in run.results:
+            progress.result(r)
+        progress.stop()
+        print_summary(run, console)
+        # Rich's own colours are ESC sequences on a terminal: strip those, then look for the loss's.
+        shown = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", stream.getvalue()).replace("\r", "")
+        assert "\\x1b[2K" in shown and not [c for c in RAW_CONTROLS if c in shown], shown
+        if terminal:
+            assert "\x1b[2K\rPASS" not in stream.getvalue()
+
+
+def test_a_loss_cannot_draw_over_the_terminal(tmp_path):
+    proc, doc = _run_config(tmp_path, _case_lines([("a", "prints_escapes")]), "--jobs", "1")
+    assert by_case(doc)["a"]["status"] == "fail"
+    assert "bad\\x1b[2K" in proc.stdout
+    assert not [c for c in RAW_CONTROLS if c in proc.stdout + proc.stderr], proc.stdout
+
+
+def test_a_hostile_status_in_results_json_does_not_inject_html():
+    from gradaudit.markdownreport import write_markdown
+    from tests import reportdata
+
+    hostile = reportdata.ratio_fail()
+    hostile.status = "<img src=x onerror=alert(1)>"
+    expected = reportdata.ratio_fail(device="cuda")
+    expected.expected = True
+    expected.status = "fail<img src=x onerror=alert(2)>"
+    stream = io.StringIO()
+    write_markdown(reportdata.sample_run([hostile, expected, reportdata.ratio_fail(device="mps")]), stream)
+    assert "<img" not in stream.getvalue().lower(), stream.getvalue()
+
+
+def test_no_isolate_survives_a_loss_that_closes_stdout(tmp_path):
+    proc, doc = _run_config(tmp_path, _case_lines([("a", "closes_stdout"), ("b", "good")]), "--no-isolate")
+    assert proc.returncode == 0, proc.stderr
+    results = by_case(doc)
+    assert results["b"]["status"] == "pass"
+    assert "closed sys.stdout" in results["a"]["summary_line"] and "restored it" in results["a"]["summary_line"]
+    assert "PASS    b [cpu]" in proc.stdout  # the terminal still works after the case

@@ -14,11 +14,12 @@ from tests.test_baseline import write
 
 @pytest.mark.slow
 def test_shards_merge_into_one_report(tmp_path, cli_invoke):
-    one = write(tmp_path, "one.yaml", {"a_broken": "spine:raises", "b_good": "spine:raises_twin"})
-    two = write(tmp_path, "two.yaml", {"c_good": "spine:first_column_twin", "d_partial": "spine:first_column"})
-    cli_invoke(["run", one, "-o", tmp_path / "s1"], exit_code=1)
-    cli_invoke(["run", two, "-o", tmp_path / "s2"], exit_code=1)
+    one = write(tmp_path, "one.yaml", {"a_broken": "spine:raises", "b_good": "spine:raises_twin",
+                                       "c_good": "spine:first_column_twin", "d_partial": "spine:first_column"})
+    cli_invoke(["run", one, "-o", tmp_path / "s1", "--shard", "1/2"], expect_ok=None)
+    cli_invoke(["run", one, "-o", tmp_path / "s2", "--shard", "2/2"], expect_ok=None)
     parts = [json.loads((tmp_path / s / "results.json").read_text()) for s in ("s1", "s2")]
+    assert all(p["results"] for p in parts)  # both shards hold some of the cases
     out = tmp_path / "merged"
     result = cli_invoke(["report", tmp_path / "s2" / "results.json", tmp_path / "s1" / "results.json",
                          "-o", out, "--junit", out / "junit.xml", "--markdown", out / "summary.md"])
@@ -69,3 +70,35 @@ def test_report_renders_every_format_without_importing_torch(tmp_path):
                           cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert sorted(p.name for p in out.iterdir()) == ["index.html", "j.xml", "results.json", "s.md"]
+
+
+def test_shards_of_different_configs_are_refused(tmp_path, cli_invoke):
+    one = write(tmp_path, "one.yaml", {"a": "spine:raises_twin"})
+    two = write(tmp_path, "two.yaml", {"b": "spine:raises_twin"})
+    cli_invoke(["run", one, "-o", tmp_path / "s1"])
+    cli_invoke(["run", two, "-o", tmp_path / "s2"])
+    result = cli_invoke(["report", tmp_path / "s1" / "results.json", tmp_path / "s2" / "results.json",
+                         "-o", tmp_path / "m"], exit_code=2)
+    assert "merge the shards of one run of one config" in result.output
+    assert "two.yaml" in result.output and "one.yaml" in result.output
+    assert not (tmp_path / "m").exists()
+
+
+def test_shards_of_different_versions_merge_with_a_warning(tmp_path, cli_invoke):
+    from gradaudit.jsonreport import write_json
+    from tests import reportdata
+
+    paths = []
+    for version, case in (("0.1.0", "a"), ("0.2.0", "b")):
+        run = reportdata.sample_run()
+        run.gradaudit_version = version
+        run.config = {"path": "c.yaml", "sha256": "f" * 64}
+        run.results = [r for r in run.results if r.case == run.results[0].case]
+        for r in run.results:
+            r.case = case
+        path = tmp_path / f"{version}.json"
+        with path.open("w", encoding="utf-8") as stream:
+            write_json(run, stream)
+        paths.append(path)
+    result = cli_invoke(["report", *paths, "-o", tmp_path / "m"])
+    assert "warning:" in result.output and "gradaudit 0.2.0" in result.output and "0.1.0" in result.output

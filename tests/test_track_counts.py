@@ -1,0 +1,70 @@
+"""The dense-gradient shortcut of `Track.add` keeps exactly the counts of the plain per-element sum."""
+
+import random
+
+import pytest
+import torch
+
+from gradaudit.tracks import Track
+
+
+def _reference(grads: list, shape: list[int]) -> torch.Tensor:
+    counts = torch.zeros(shape, dtype=torch.int64)
+    for g in grads:
+        if g is not None:
+            counts += (g != 0).to(torch.int64)
+    return counts
+
+
+def _grad(kind: str, shape: list[int], rng: torch.Generator) -> torch.Tensor | None:
+    if kind == "none":
+        return None
+    g = torch.randn(shape, generator=rng) + 3.0  # no zero
+    if kind == "zeros":
+        g[0] = 0.0
+    elif kind == "sparse":
+        g = g * (torch.rand(shape, generator=rng) < 0.5)
+    elif kind == "nan":
+        g.view(-1)[1] = float("nan")
+    elif kind == "allzero":
+        g = torch.zeros(shape)
+    return g
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_counts_match_the_plain_sum(seed):
+    rng = random.Random(seed)
+    gen = torch.Generator().manual_seed(seed)
+    shape = [3, 5]
+    kinds = [rng.choice(["dense", "dense", "dense", "none", "zeros", "sparse", "nan", "allzero"])
+             for _ in range(rng.randint(1, 8))]
+    grads = [_grad(k, shape, gen) for k in kinds]
+    track = Track("x", shape, "float32", True)
+    for i, g in enumerate(grads):
+        track.add(g)
+        expected = _reference(grads[: i + 1], shape)
+        # `dead` is read every draw by the stop rule: it must be right before the counts exist.
+        assert track.dead == int((expected == 0).sum()), kinds
+    assert torch.equal(track.alive_counts.to(torch.int64), expected), kinds
+    assert track.dead == int((expected == 0).sum())
+    assert track.verdict(len(grads)) in ("ok", "nonfinite", "none", "zero", "partial")
+
+
+def test_dense_draws_make_no_counts_until_a_zero_shows():
+    track = Track("x", [4], "float32", True)
+    track.add(torch.ones(4))
+    track.add(None)
+    track.add(torch.ones(4))
+    assert track._counts is None and track.dead == 0
+    track.add(torch.tensor([1.0, 0.0, 2.0, 3.0]))
+    assert track._counts is not None
+    assert track.alive_counts.tolist() == [3, 2, 3, 3]
+
+
+def test_only_none_draws_leave_every_element_dead():
+    track = Track("x", [2, 2], "float32", True)
+    assert track.alive_counts is None and track.dead == 0
+    track.add(None)
+    assert track.dead == 4
+    assert track.alive_counts.tolist() == [[0, 0], [0, 0]]
+    assert track.verdict(1) == "none"
