@@ -205,7 +205,7 @@ def test_a_float32_nonfinite_loss_names_the_op_without_a_dtype(audit_config):
     assert finding["location"]["code"] == "return torch.log(x).sum()"
 
 
-@pytest.mark.parametrize("dtype, note", [("float16", "it began at `e = torch.exp(logits)`"),
+@pytest.mark.parametrize("dtype, note", [("float16", "it began at torch.exp in `e = torch.exp(logits)`"),
                                          ("float32", None)])
 def test_without_the_tracer_a_scan_names_the_op(write_config, dtype, note):
     """A bare AuditContext runs no tracer: the forward scan, a witness of its own, names the op."""

@@ -77,7 +77,7 @@ def _parts(path: str) -> list:
 
 
 _DELETE = object()
-# Every rule of the contract checker (../shared/tools/check_results.py), and what it cannot see.
+# Every rule of the contract checker (the reference checker kept outside this repository), and what it cannot see.
 BROKEN = [
     (_set("schema", "gradaudit.results/2"), "schema: \"gradaudit.results/2\", expected"),
     (_set("results", _DELETE), "missing key 'results'"),

@@ -98,7 +98,7 @@ def test_a_pattern_that_follows_fixed_labels_says_so():
     result = audit(V.ce_ignore, {"logits": Spec(shape=(8, 4)), "target": target}, devices=["cpu"],
                    root=ROOT).results[0]
     partial = next(f for f in result.findings if f.id == "partial-grad")
-    assert partial.message.startswith("rows 1, 4 of logits [8, 4] never receives a gradient"), partial.message
+    assert partial.message.startswith("rows 1, 4 of logits [8, 4] never receive a gradient"), partial.message
     assert "`target` is the same in every draw" in partial.message
     assert "follows its values" in partial.message
 

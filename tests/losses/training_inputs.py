@@ -23,8 +23,8 @@ def temperature_inplace(logits, target):
 
 
 def inplace_on_saved_input(x):
-    sq = x.pow(2)  # CULPRIT: inplace_on_saved_input
-    x.add_(1.0)  # MUTATES: inplace_on_saved_input
+    sq = x.pow(2)  # SAVES: inplace_on_saved_input
+    x.add_(1.0)  # CULPRIT: inplace_on_saved_input
     return (sq + x).sum()
 
 
