@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 
@@ -37,34 +38,18 @@ def test_a_symlink_is_written_through_not_replaced(tmp_path):
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_a_special_file_is_written_directly(tmp_path):
     """`--markdown /dev/stdout` (or a FIFO, or /dev/null) must stay what it is, not become a file."""
-    import threading
-
     fifo = tmp_path / "pipe"
     os.mkfifo(fifo)
-    got = []
-
-    def read() -> None:
-        with open(fifo, encoding="utf-8") as stream:
-            got.append(stream.read())
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
+    with _fifo_reader(fifo) as read:
         write_atomic(fifo, lambda s: s.write("summary\n"))
-    finally:
-        if reader.is_alive():  # the old rename left the FIFO without a writer: unblock the reader
-            with open(fifo, "w") as unblock:
-                unblock.write("")
-        reader.join(10)
+        got = read()
     assert stat.S_ISFIFO(os.stat(fifo).st_mode)
-    assert got == ["summary\n"]
+    assert got == "summary\n"
 
 
 @pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
 def test_report_writes_through_links_and_devices(tmp_path, cli_invoke):
     # A FIFO stands for /dev/stdout and /dev/null: replacing a real device here would be for good.
-    import threading
-
     from gradaudit.jsonreport import write_json
     from tests import reportdata
 
@@ -77,20 +62,37 @@ def test_report_writes_through_links_and_devices(tmp_path, cli_invoke):
     link.symlink_to(real)
     fifo = tmp_path / "summary"
     os.mkfifo(fifo)
-    got = []
-
-    def read() -> None:
-        with open(fifo, encoding="utf-8") as stream:
-            got.append(stream.read())
-
-    reader = threading.Thread(target=read, daemon=True)
-    reader.start()
-    try:
+    with _fifo_reader(fifo) as read:
         cli_invoke(["report", results, "-o", tmp_path / "out", "--junit", link, "--markdown", fifo])
-    finally:
-        if reader.is_alive():
-            with open(fifo, "w") as unblock:
-                unblock.write("")
-        reader.join(10)
+        got = read()
     assert link.is_symlink() and "<testsuite" in real.read_text()
-    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and got and got[0].startswith("## gradaudit")
+    assert stat.S_ISFIFO(os.stat(fifo).st_mode) and got.startswith("## gradaudit")
+
+
+@contextlib.contextmanager
+def _fifo_reader(fifo):
+    """Hold the FIFO's read end open (non-blocking) while the code under test writes into it.
+
+    With a reader already there, the writer's open() returns at once and its few kilobytes wait in
+    the pipe's buffer, so nothing blocks: no thread, no rendezvous that a slow or odd machine can
+    miss (a blocked rendezvous hung a CI run for its whole 90 minutes). `read()` drains the pipe
+    once the writer has closed it.
+    """
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+    chunks: list[bytes] = []
+
+    def read() -> str:
+        while True:
+            try:
+                chunk = os.read(fd, 65536)
+            except BlockingIOError:  # a writer still holds it open but wrote nothing more
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks).decode("utf-8")
+
+    try:
+        yield read
+    finally:
+        os.close(fd)
