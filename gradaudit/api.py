@@ -61,6 +61,9 @@ class AuditResults(RunResults):
         failing = [r for r in self.results if r.is_bad or (fail_on == "warn" and r.status == "warn")]
         if failing:
             raise AssertionError(plain_summary(self, only=failing))
+        if self.audited_nothing:  # as the CLI's exit 5: a check that ran nothing has not passed
+            reasons = sorted({f"{r.device}: {r.skip_reason}" for r in self.results})
+            raise AssertionError("gradaudit audited nothing: " + "; ".join(reasons))
 
 
 class Spec:

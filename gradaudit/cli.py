@@ -123,7 +123,7 @@ def exit_code_of(results, fail_on: str = "fail") -> int:
     With fail_on "new", only failures that the baseline did not already have count. A shard that
     holds no job at all audits nothing by design, and exits 0.
     """
-    if results.results and all(r.status == "skip" for r in results.results):
+    if results.audited_nothing:
         return EXIT_NOTHING_AUDITED
     if fail_on == "new":
         from gradaudit.baseline import new_failures

@@ -319,9 +319,16 @@ class RunResults:
         return [r for r in self.results if r.is_bad]
 
     @property
+    def audited_nothing(self) -> bool:
+        """Whether there were results and every one is a skip (say, only `cuda` on a CPU machine)."""
+        return bool(self.results) and all(r.status == "skip" for r in self.results)
+
+    @property
     def ok(self) -> bool:
-        """Whether nothing failed (passes, warnings, skips and expected failures are ok)."""
-        return not self.bad
+        """Whether nothing failed and something was audited (passes, warnings, expected failures and
+        some skips are ok). A run whose every result is a skip is not ok: `assert audit(...).ok` must
+        not pass on a machine that audited nothing, as the CLI exits 5 there."""
+        return not self.bad and not self.audited_nothing
 
     @property
     def findings(self) -> list[Finding]:

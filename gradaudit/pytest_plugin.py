@@ -204,11 +204,11 @@ class Auditor:
         """Audit `loss` (see gradaudit.audit); raise AssertionError on a failing finding."""
         __tracebackhide__ = True
         result = self.audit(loss, inputs, **settings)
-        result.raise_for_findings(fail_on=fail_on)
-        if result.results and all(r.status == "skip" for r in result.results):
-            # Nothing was audited (no such device here): a skip says so, a pass would lie.
+        if result.audited_nothing:
+            # Nothing was audited (no such device here): in a test that is a skip that says so.
             reasons = sorted({f"{r.device}: {r.skip_reason}" for r in result.results})
             pytest.skip("gradaudit audited nothing: " + "; ".join(reasons))
+        result.raise_for_findings(fail_on=fail_on)
         return result
 
     def audit(self, loss: Any, inputs: dict[str, Any], **settings: Any):

@@ -216,3 +216,20 @@ def test_the_caller_file_is_the_culprit_path(tmp_path):
     result = audit(sigmoid_inplace, inputs={"x": Spec(shape=(2,))}, devices=["cpu"],
                    root=Path(__file__).parent)
     assert result.findings[0].location.file == "test_api.py"
+
+
+def test_a_run_that_audited_nothing_is_not_ok():
+    """Every result a skip (only a device this machine lacks) is not a pass, as the CLI's exit 5;
+    its twin, the same loss with one device that runs, is ok."""
+    def fine(x):
+        return (x ** 2).sum()
+
+    nothing = audit(fine, inputs={"x": Spec(shape=(3,))}, devices=["cuda:99"])
+    assert [r.status for r in nothing.results] == ["skip"]
+    assert nothing.audited_nothing and not nothing.ok
+    with pytest.raises(AssertionError, match="audited nothing: cuda:99"):
+        nothing.raise_for_findings()
+    some = audit(fine, inputs={"x": Spec(shape=(3,))}, devices=["cpu", "cuda:99"])
+    assert [r.status for r in some.results] == ["pass", "skip"]
+    assert some.ok and not some.audited_nothing
+    some.raise_for_findings()
