@@ -395,9 +395,25 @@ def _die_with_parent() -> None:
 
 # -- the pool ---------------------------------------------------------------------------------------
 
+# A Unix socket's path holds at most 107 bytes; the forkserver's lies in TMPDIR under
+# "pymp-XXXXXXXX/listener-XXXXXXXX" (32 more), and `bind` fails ("AF_UNIX path too long") past it.
+_SOCKET_PATH_MAX = 107
+_FORKSERVER_SOCKET_TAIL = 40
+
+
+def forkserver_fits(tempdir: str | None = None) -> bool:
+    """Whether the forkserver's socket can be made under `tempdir` (the temporary folder)."""
+    tempdir = tempdir if tempdir is not None else tempfile.gettempdir()
+    return len(os.fsencode(tempdir)) + _FORKSERVER_SOCKET_TAIL <= _SOCKET_PATH_MAX
+
+
 def start_method_context():
-    """A multiprocessing context that never forks a process that may hold torch or CUDA state."""
-    if "forkserver" in multiprocessing.get_all_start_methods():
+    """A multiprocessing context that never forks a process that may hold torch or CUDA state.
+
+    `spawn` where there is no forkserver, or where TMPDIR is too long a path for its socket (each
+    worker then imports torch itself: slower to start, and it works).
+    """
+    if "forkserver" in multiprocessing.get_all_start_methods() and forkserver_fits():
         ctx = multiprocessing.get_context("forkserver")
         ctx.set_forkserver_preload(PRELOAD)
         return ctx

@@ -811,3 +811,27 @@ def test_no_isolate_survives_a_loss_that_closes_stdout(tmp_path):
     assert results["b"]["status"] == "pass"
     assert "closed sys.stdout" in results["a"]["summary_line"] and "restored it" in results["a"]["summary_line"]
     assert "PASS    b [cpu]" in proc.stdout  # the terminal still works after the case
+
+
+@pytest.mark.slow
+def test_a_long_tmpdir_starts_workers_by_spawn_not_a_traceback(tmp_path, short_tmp):
+    """A TMPDIR too long for the forkserver's Unix socket (107 bytes) once ended every run in
+    "AF_UNIX path too long"; workers then start by `spawn`, and the run audits as usual. The twin,
+    a short TMPDIR, keeps the forkserver."""
+    from gradaudit.workers import forkserver_fits
+
+    long_tmp = tmp_path / ("t" * 40) / ("m" * 40)
+    long_tmp.mkdir(parents=True)
+    assert len(str(long_tmp)) > 107 - 40 and not forkserver_fits(str(long_tmp))
+    assert forkserver_fits(str(short_tmp))
+    config = tmp_path / "c.yaml"
+    config.write_text(f"version: 1\nsys_path: [{LOSSES}]\ndefaults: {{devices: [cpu]}}\ncases:\n"
+                      "  - {name: good, loss: \"faults:good\", inputs: {x: {shape: [4]}}}\n"
+                      "  - {name: raises, loss: \"faults:raises\", inputs: {x: {shape: [4]}}}\n")
+    out = tmp_path / "out"
+    proc = run_gradaudit("run", config, "-o", out, "--jobs", "2",
+                         env={"TMPDIR": str(long_tmp)})
+    assert "Traceback" not in proc.stderr and "AF_UNIX" not in proc.stderr, proc.stderr
+    assert proc.returncode == 1, proc.stderr
+    statuses = {r["case"]: r["status"] for r in json.loads((out / "results.json").read_text())["results"]}
+    assert statuses == {"good": "pass", "raises": "fail"}  # a loss-error fails its case
