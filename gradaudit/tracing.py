@@ -30,7 +30,7 @@ from torch.overrides import TorchFunctionMode
 
 from gradaudit.deadterm import combine
 from gradaudit.frames import is_user_file
-from gradaudit.portability import INDEX_ALLOWS_CPU, follows_device, gradient_args
+from gradaudit.portability import INDEX_ALLOWS_CPU, LIKE_OTHER, follows_device, gradient_args
 from gradaudit.saturation import RANGE_OPS, outside, value_range
 
 if TYPE_CHECKING:
@@ -84,6 +84,10 @@ _COMPARE_OPS = frozenset({"gt", "lt", "ge", "le", "eq", "ne", "__gt__", "__lt__"
                           "__invert__", "signbit", "isneginf", "isposinf", "equal", "allclose"})
 
 _MAX_LIST_SCAN = 64
+# Calls whose gradient arguments are fewer than their tensors, and calls that may follow a tensor's
+# device (gradaudit.portability): the only ones that pay for those checks.
+_NARROWED = LIKE_OTHER | {"to"}
+_FOLLOWING = frozenset({"to", "type_as"})
 # The draws traced: the first only. Breaks, in-place ops and factories are properties of the code,
 # which the first draw runs; the other draws, which confirm verdicts, run at the spine's own cost.
 TRACED_DRAWS = 1
@@ -110,7 +114,8 @@ def _display_op(name: str, func: Any) -> str:
 
 
 class Tag:
-    """What the trace knows about one tensor, for the draw that made it."""
+    """What the trace knows about one tensor, for the draw that made it (never changed once made:
+    tensors whose facts agree share one)."""
 
     __slots__ = ("token", "grad", "derived", "breaks", "fixed", "terms")
 
@@ -343,6 +348,8 @@ class Tracer:
 
     # -- the call ---------------------------------------------------------------------------
     def call(self, func: Any, args: tuple, kwargs: dict) -> Any:
+        # The hot path of the traced draw: every torch call of the forward comes through here, so
+        # the common case (tensors in, one tensor out, nothing cut) is kept to plain lookups.
         known = _KINDS.get(func)
         if known is None:
             known = _KINDS[func] = (_classify(func), _op_name(func))
@@ -350,22 +357,28 @@ class Tracer:
         if kind == "skip":
             return func(*args, **kwargs)
         tensors: list[Tag] = []
-        scan, scan_kwargs = gradient_args(name, args, kwargs)
+        if name in _NARROWED:
+            scan, scan_kwargs = gradient_args(name, args, kwargs)
+        else:
+            scan, scan_kwargs = args, kwargs
+        table, token = self._tags, self.token
+        index_op = name in INDEX_ALLOWS_CPU
         for i, v in enumerate(scan):
             if isinstance(v, torch.Tensor):
-                tag = self.tag(v)
+                entry = table.get(id(v))
+                if entry is not None and entry[1].token is token and entry[0]() is v:
+                    tag = entry[1]
+                else:
+                    tag = self.tag(v)
                 if tag is not None:
                     tensors.append(tag)
+                if i == 1 and index_op and tensors and tensors[-1].fixed:
+                    tensors[-1] = _unfixed(tensors[-1])  # a CPU index may index any device's tensor
             elif isinstance(v, (list, tuple)) and v:
                 start = len(tensors)
                 self._collect(v, tensors, 1)
-                if i == 1 and name in INDEX_ALLOWS_CPU:  # a CPU index may index any device's tensor
+                if i == 1 and index_op:
                     tensors[start:] = [_unfixed(t) for t in tensors[start:]]
-                continue
-            else:
-                continue
-            if i == 1 and name in INDEX_ALLOWS_CPU and tensors and tensors[-1].fixed:
-                tensors[-1] = _unfixed(tensors[-1])
         if scan_kwargs:
             self._collect(tuple(scan_kwargs.values()), tensors, 0)
         target = args[0] if kind == "inplace" and args and isinstance(args[0], torch.Tensor) else None
@@ -381,7 +394,7 @@ class Tracer:
         if name in RANGE_OPS and tensors and args and isinstance(args[0], torch.Tensor):
             self._range(func, name, args, kwargs)
         if tensors or factory is not None or kind in ("data", "escape"):
-            if tensors and follows_device(name, args, kwargs):
+            if tensors and name in _FOLLOWING and follows_device(name, args, kwargs):
                 factory = _FOLLOWS  # moved to a device taken from a tensor: portable again
             self._after(func, name, kind, tensors, out, target, before, factory, scan)
         return out
@@ -419,11 +432,25 @@ class Tracer:
         if len(tags) == 1:
             only = tags[0]
             grad_in, breaks_in, fixed_in, derived = only.grad, only.breaks, only.fixed, only.derived
-        else:
-            grad_in = _union([t.grad for t in tags])
-            breaks_in = _union([t.breaks for t in tags])
-            fixed_in = _union([t.fixed for t in tags])
-            derived = any(t.derived for t in tags)
+            cut_in = bool(only.terms or (breaks_in and not grad_in))
+        else:  # one pass over the tags: the unions, and whether a cut value or a term is in sight
+            grad_in = breaks_in = fixed_in = _EMPTY
+            derived = cut_in = False
+            for t in tags:
+                g, b, f = t.grad, t.breaks, t.fixed
+                if g and g is not grad_in:
+                    grad_in = g if not grad_in else grad_in | g
+                if b:
+                    if b is not breaks_in:
+                        breaks_in = b if not breaks_in else breaks_in | b
+                    if not g:
+                        cut_in = True
+                if f and f is not fixed_in:
+                    fixed_in = f if not fixed_in else fixed_in | f
+                if t.derived:
+                    derived = True
+                if t.terms:
+                    cut_in = True
         if factory is _FOLLOWS:
             factory, fixed_in = None, _EMPTY
         if fixed_in and any(t.derived and not t.fixed for t in tags):
@@ -446,11 +473,16 @@ class Tracer:
             made = self._made(func, name)  # a new tensor from Python values: it may replace the loss
             if made is not None:
                 breaks_in = breaks_in | {made.id}
-        terms = self._terms(name, tags, args, out) if grad_in else _EMPTY
+        terms = self._terms(name, tags, args, out) if grad_in and cut_in else _EMPTY
         if kind == "inplace" and target is not None:
             self._inplace(func, name, target, before, grad_in, breaks_in, derived, fixed_in, terms)
             return
-        outs = [o for o in (out if isinstance(out, (tuple, list)) else (out,)) if isinstance(o, torch.Tensor)]
+        if isinstance(out, torch.Tensor):
+            outs: Any = (out,)
+        elif isinstance(out, (tuple, list)):
+            outs = [o for o in out if isinstance(o, torch.Tensor)]
+        else:
+            outs = ()
         lost_rec = None
         for o in outs:
             requires = o.requires_grad
@@ -466,13 +498,13 @@ class Tracer:
             fixed = fixed_in
             if factory is not None and o.dim() > 0:
                 fixed = fixed | {factory.id}
-            first = tags[0] if len(tags) == 1 else None
+            first = tags[0] if tags else None
+            terms_out = terms if grad_out else _EMPTY
             if (first is not None and grad_out is first.grad and brk is first.breaks and fixed is first.fixed
-                    and derived == first.derived and terms == first.terms):
-                self.set_tag(o, tags[0])  # nothing changed: share the input's tag
+                    and derived == first.derived and terms_out == first.terms):
+                self._tags[id(o)] = (weakref.ref(o), first)  # nothing changed: share the tag (immutable)
             else:
-                self.set_tag(o, Tag(self.token, grad=grad_out, derived=derived, breaks=brk, fixed=fixed,
-                                    terms=terms if grad_out else _EMPTY))
+                self._tags[id(o)] = (weakref.ref(o), Tag(self.token, grad_out, derived, brk, fixed, terms_out))
 
     def _inplace(self, func, name, target, before, grad_in, breaks_in, derived, fixed_in, terms=_EMPTY) -> None:
         version_before, was_graph = before
