@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
-from itertools import islice
 from typing import Any
 
 
@@ -78,13 +77,14 @@ class Snapshot:
     attributes: list[tuple[str, Any, _Namespace]]  # (name, namespace, its __dict__ then)
     modules: _Namespace
     environ: dict[str, str]
+    _raw_environ: dict | None = None  # os.environ's own (encoded) mapping then, for a check in C
 
     @classmethod
     def take(cls) -> Snapshot:
         """Record the current state (cheap: references, no copies of values)."""
         return cls(switches=_switches(),
                    attributes=[(name, ns, _Namespace(vars(ns))) for name, ns in _watched()],
-                   modules=_Namespace(sys.modules), environ=dict(os.environ))
+                   modules=_Namespace(sys.modules), environ=dict(os.environ), _raw_environ=_raw_environ())
 
     # -- what changed -------------------------------------------------------------------------
     def changes(self) -> list[Change]:
@@ -103,6 +103,9 @@ class Snapshot:
 
     def _environ_changes(self) -> list[Change]:
         found = []
+        raw = _raw_environ()
+        if raw is not None and raw == self._raw_environ:  # the common case, with no decoding
+            return found
         environ = dict(os.environ)
         if environ == self.environ:
             return found
@@ -214,23 +217,33 @@ class Snapshot:
 _MISSING = object()
 
 
+def _raw_environ() -> dict | None:
+    """A copy of the mapping behind os.environ (bytes on POSIX), made without decoding each entry;
+    None where it has none."""
+    data = getattr(os.environ, "_data", None)
+    return dict(data) if isinstance(data, dict) else None
+
+
 class _Namespace:
-    """A dict's keys and values as they were, compared in C: unchanged entries keep their order,
-    and added ones (imports) come after them, so the common case costs two tuple comparisons."""
+    """A dict's keys and values as they were. The check runs after every job, so the common case
+    (nothing replaced or removed) is one subset test of item views in C: identity decides each
+    entry before any `==`, and added entries (imports) do not count."""
 
     def __init__(self, data: dict[str, Any]) -> None:
-        self.items = dict(data)
-        self.keys = tuple(self.items)
-        self.ids = tuple(map(id, self.items.values()))  # the values are kept alive: no id reuse
+        self.items = dict(data)  # the values are kept alive: no id is reused meanwhile
+        self._view = self.items.items()
 
     def unchanged(self, now: Any) -> bool:
         """Whether every entry is still there with the same object (entries may have been added)."""
-        n = len(self.keys)
-        return (len(now) >= n and tuple(islice(now, n)) == self.keys
-                and tuple(map(id, islice(now.values(), n))) == self.ids)
+        try:
+            return self._view <= now.items()
+        except Exception:  # noqa: BLE001 - a replaced value whose == raises (a tensor): changed
+            return False
 
     def added(self, now: Any) -> list[str]:
-        return list(islice(now, len(self.keys), None))
+        if len(now) == len(self.items):  # unchanged and as many entries: nothing added
+            return []
+        return [key for key in now if key not in self.items]
 
 
 def _name(dtype: Any) -> str:

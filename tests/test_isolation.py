@@ -835,3 +835,35 @@ def test_a_long_tmpdir_starts_workers_by_spawn_not_a_traceback(tmp_path, short_t
     assert proc.returncode == 1, proc.stderr
     statuses = {r["case"]: r["status"] for r in json.loads((out / "results.json").read_text())["results"]}
     assert statuses == {"good": "pass", "raises": "fail"}  # a loss-error fails its case
+
+
+@pytest.mark.slow
+def test_a_job_sent_ahead_is_never_blamed_for_the_one_before_it(audit_config, monkeypatch):
+    """A worker on short jobs gets its next job sent ahead (it starts it without waiting for this
+    process). When the job it is running crashes, hangs or poisons the worker, the job sent ahead
+    never ran: it goes to another worker and passes, with its own verdict and no one else's."""
+    from gradaudit import workers
+
+    behind: dict[str, str] = {}  # the job running -> the job sent ahead behind it
+    real_send = workers.WorkerPool._send
+
+    def send(self, w, item, ahead=False):
+        if ahead:
+            behind[w.job[1].spec.name] = item[1].spec.name
+        return real_send(self, w, item, ahead)
+
+    monkeypatch.setattr(workers.WorkerPool, "_send", send)
+    goods = "".join(f"  - {{name: good{i}, loss: \"faults:good\", inputs: {{x: {{shape: [4]}}}}}}\n"
+                    for i in range(3))
+    faults = ["segfault", "spins_in_python", "exits"]
+    cases = "".join(f"  - {{name: {name}, loss: \"faults:{name}\", inputs: {{x: {{shape: [4]}}}}}}\n" + goods.replace(
+        "name: good", f"name: after_{name}_") for name in faults)
+    code, doc = audit_config("defaults: {devices: [cpu], timeout: 2}\ncases:\n" + goods + cases,
+                             "--jobs", "1", exit_code=1)
+    statuses = {name: r["status"] for name, r in by_case(doc).items()}
+    assert {k: v for k, v in statuses.items() if v != "pass"} == {
+        "segfault": "crash", "spins_in_python": "timeout", "exits": "crash"}
+    assert len(statuses) == 3 + 3 * 4
+    # A job was sent ahead behind each fault (its worker's last job had been short), and passed.
+    assert {name: behind.get(name) for name in faults} == {name: f"after_{name}_0" for name in faults}
+    assert all(statuses[f"after_{name}_0"] == "pass" for name in faults)
