@@ -65,9 +65,32 @@ def seed_all(seed: int, device_generator: torch.Generator | None = None) -> None
         numpy.random.seed(seed & 0xFFFFFFFF)
 
 
+# In a worker process there is no caller whose random state must come back, and saving numpy's
+# alone costs about 0.2 ms a case (as much as a small case's two draws). There each case instead
+# leaves every stream reseeded to one fixed state (`reseed_between_cases`), so that whatever a loss
+# draws unseeded never depends on which cases the worker ran before it.
+_FIXED_STATE_SEED = 0
+_reseed_between_cases = False
+
+
+def reseed_between_cases() -> None:
+    """Switch this process (a worker) from keeping the caller's random state to starting every
+    case from one fixed state; seed it now, for the first case."""
+    global _reseed_between_cases
+    _reseed_between_cases = True
+    seed_all(_FIXED_STATE_SEED)
+
+
 @contextlib.contextmanager
 def kept_random_state(device_generator: torch.Generator | None = None) -> Iterator[None]:
-    """Give the streams that `seed_all` seeds back to the caller's state on the way out."""
+    """Give the streams that `seed_all` seeds back to the caller's state on the way out (in a
+    worker: to the one fixed state every case starts from)."""
+    if _reseed_between_cases:
+        try:
+            yield
+        finally:
+            seed_all(_FIXED_STATE_SEED, device_generator)
+        return
     cpu = torch.default_generator.get_state()
     device = device_generator.get_state() if device_generator is not None else None
     python = random.getstate()

@@ -243,8 +243,10 @@ def _worker_main(conn, setup: WorkerSetup, log_path: str, describe: bool = False
     from gradaudit.environment import describe as environment
     from gradaudit.jobs import audit_context
     from gradaudit.loading import add_import_roots
+    from gradaudit.losscall import reseed_between_cases
     from gradaudit.processstate import Change, Snapshot, note_leaks
 
+    reseed_between_cases()  # no caller here: every case starts from one fixed random state
     add_import_roots(setup.root, setup.sys_path)
     ctx = audit_context(setup.root, setup.config_display)
     # Plain data only: the parent must be able to read it without importing torch.

@@ -137,3 +137,26 @@ def test_each_draw_has_its_own_numbers_and_every_run_the_same():
     assert len(first) == 3 and len(set(first)) == 3
     random.random(), numpy.random.rand(), torch.rand(1)  # the caller's streams move on
     assert run() == first
+
+
+def test_in_a_worker_every_case_leaves_one_fixed_random_state(monkeypatch):
+    """A worker has no caller to give its state back to: each case leaves every stream at one fixed
+    state instead (cheaper than saving numpy's), so an unseeded draw never depends on the cases
+    before it. Its twin, the in-process default, gives back the caller's state (test above)."""
+    from gradaudit import losscall
+
+    monkeypatch.setattr(losscall, "_reseed_between_cases", False)
+    losscall.reseed_between_cases()
+    fixed = _state()
+    for seed in (3, 4):
+        torch.manual_seed(seed), random.seed(seed), numpy.random.seed(seed)
+        gradaudit.audit(training_inputs.noisy_passing, {"x": Spec(shape=(4,))}, devices=["cpu"])
+        got = _state()
+        assert torch.equal(got[0], fixed[0]) and got[1:] == fixed[1:]
+    monkeypatch.setattr(losscall, "_reseed_between_cases", False)
+    torch.manual_seed(3), random.seed(3), numpy.random.seed(3)
+    caller = _state()
+    torch.manual_seed(3), random.seed(3), numpy.random.seed(3)
+    gradaudit.audit(training_inputs.noisy_passing, {"x": Spec(shape=(4,))}, devices=["cpu"])
+    got = _state()
+    assert torch.equal(got[0], caller[0]) and got[1:] == caller[1:] and got[1] != fixed[1]
