@@ -82,15 +82,23 @@ def reseed_between_cases() -> None:
 
 
 @contextlib.contextmanager
-def kept_random_state(device_generator: torch.Generator | None = None) -> Iterator[None]:
-    """Give the streams that `seed_all` seeds back to the caller's state on the way out (in a
-    worker: to the one fixed state every case starts from)."""
-    if _reseed_between_cases:
-        try:
+def callers_random_state(device_generator: torch.Generator | None = None) -> Iterator[None]:
+    """What a case leaves behind in the streams: the caller's state, given back (in a worker: the
+    one fixed state every case starts from)."""
+    if not _reseed_between_cases:
+        with kept_random_state(device_generator):
             yield
-        finally:
-            seed_all(_FIXED_STATE_SEED, device_generator)
         return
+    try:
+        yield
+    finally:
+        seed_all(_FIXED_STATE_SEED, device_generator)
+
+
+@contextlib.contextmanager
+def kept_random_state(device_generator: torch.Generator | None = None) -> Iterator[None]:
+    """Give the streams that `seed_all` seeds back to their state on the way in (a compiled
+    entry's run draws from the state its eager twin drew from)."""
     cpu = torch.default_generator.get_state()
     device = device_generator.get_state() if device_generator is not None else None
     python = random.getstate()
@@ -227,7 +235,7 @@ class LossCall:
         if self._holding:
             yield
             return
-        with kept_random_state(self.layer.generator(self.device)):
+        with callers_random_state(self.layer.generator(self.device)):
             self._holding = True
             try:
                 yield
@@ -235,7 +243,7 @@ class LossCall:
                 self._holding = False
 
     def _kept(self, generator: torch.Generator | None) -> AbstractContextManager[Any]:
-        return contextlib.nullcontext() if self._holding else kept_random_state(generator)
+        return contextlib.nullcontext() if self._holding else callers_random_state(generator)
 
     def run(self, draw: int, *, grads: bool, mode: Mode | None = None,
             before_backward: Callable[[torch.Tensor], Any] | None = None) -> DrawOutcome:
