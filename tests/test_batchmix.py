@@ -91,6 +91,7 @@ def _line(text: str) -> int:
     ("batch_norm", "torch.nn.functional.batch_norm", "return F.mse_loss(self.norm(x), target)"),
     ("info_nce_declared", "Tensor.matmul", "logits = z1 @ z2.T / temperature"),
 ])
+@pytest.mark.slow
 def test_mixing_is_a_failure_at_the_op_that_mixes(batch_run, case, op, code):
     _, results = batch_run
     result = results[case]
@@ -368,6 +369,7 @@ def test_complex_inputs_are_not_checked():
     assert batchmix.plan(spec) == "complex inputs are not checked"
 
 
+@pytest.mark.slow
 def test_the_readme_section_example_runs(tmp_path):
     """The Python block of the README's "Batch independence" section, as written."""
     import os

@@ -208,6 +208,7 @@ def _finding(result: dict, finding_id: str) -> dict:
     return next(f for f in result["findings"] if f["id"] == finding_id)
 
 
+@pytest.mark.slow
 def test_a_correct_loss_passes_under_aot_eager(compiled_run):
     _, results, _ = compiled_run
     r = results["mse[compile=aot_eager]"]
@@ -382,6 +383,7 @@ def test_compiled_entries_render_like_other_matrix_entries(compiled_run):
     assert RunResults.from_dict(doc.to_dict()).to_dict() == doc.to_dict()
 
 
+@pytest.mark.slow
 def test_compile_option_on_the_command_line(tmp_path, cli_invoke):
     path = _write(tmp_path, f"""\
         - name: mse

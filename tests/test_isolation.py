@@ -365,6 +365,7 @@ def _without_times(result: dict) -> dict:
     return result
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("isolate", [True, False], ids=["workers", "no-isolate"])
 def test_a_case_cannot_change_the_verdict_of_a_later_one(tmp_path, isolate):
     pairs = []
@@ -399,6 +400,7 @@ def _line_of_in(filename: str, code: str) -> int:
     return next(i for i, text in enumerate(lines, 1) if code in text)
 
 
+@pytest.mark.slow
 def test_leaked_state_quiet_twins(tmp_path):
     """Importing modules (new sys.modules keys, new submodule attributes) is not a leak."""
     proc, doc = _run_config(tmp_path, _case_lines([("a", "imports_something"), ("b", "good"), ("c", "mse")]),
@@ -408,6 +410,7 @@ def test_leaked_state_quiet_twins(tmp_path):
         assert result["status"] == "pass" and result["findings"] == [], (name, result["findings"])
 
 
+@pytest.mark.slow
 def test_expect_ignore_drops_leaked_state(tmp_path):
     proc, doc = _run_config(tmp_path, """
         defaults: {devices: [cpu]}
@@ -435,6 +438,7 @@ def test_audit_restores_the_callers_state():
         assert now == before, loss
 
 
+@pytest.mark.slow
 def test_what_cannot_be_restored_in_process_is_said(tmp_path):
     proc, doc = _run_config(tmp_path, _case_lines([("a", "leaves_inference_mode")]), "--no-isolate")
     finding = next(f for f in by_case(doc)["a"]["findings"] if f["id"] == "leaked-state")
@@ -442,6 +446,7 @@ def test_what_cannot_be_restored_in_process_is_said(tmp_path):
     assert finding["detail"]["unrestored"] == ["left inference mode on"]
 
 
+@pytest.mark.slow
 def test_children_of_a_case_die_with_it(tmp_path):
     # `gradaudit run | cat` waited for a loss's child (it held the run's pipes): here stdout is a pipe.
     start = time.monotonic()
@@ -454,6 +459,7 @@ def test_children_of_a_case_die_with_it(tmp_path):
     assert "child process" in finding["message"]
 
 
+@pytest.mark.slow
 def test_a_loss_that_closes_stdout_costs_nobody_else(tmp_path):
     proc, doc = _run_config(tmp_path, _case_lines([("a", "closes_stdout"), ("b", "good"), ("c", "good")]),
                             "--jobs", "1")
@@ -462,6 +468,7 @@ def test_a_loss_that_closes_stdout_costs_nobody_else(tmp_path):
     assert "closed sys.stdout" in results["a"]["summary_line"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("isolate", [True, False], ids=["workers", "no-isolate"])
 def test_odd_return_values_are_a_verdict_not_a_crash(tmp_path, isolate):
     proc, doc = _run_config(tmp_path, _case_lines([("a", "returns_int_subclass"), ("b", "returns_numpy_vector")]),
@@ -486,6 +493,7 @@ def _start(tmp_path, *args, env: dict | None = None) -> subprocess.Popen:
                             env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("second", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_more_signals_while_stopping_still_leave_the_reports(tmp_path, short_tmp, second):
     scratch = short_tmp
@@ -521,6 +529,7 @@ def test_more_signals_while_stopping_still_leave_the_reports(tmp_path, short_tmp
 GOOD = _case_lines([("a", "good"), ("b", "good")])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("where", ["o-is-a-file", "o-under-a-file", "junit-is-a-folder"])
 def test_an_output_that_cannot_be_written_is_refused_before_the_run(tmp_path, where):
     blocker = tmp_path / "blocker"
@@ -536,6 +545,7 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_run(tmp_path, wh
     assert "Traceback" not in proc.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full to fill a disk")
 def test_a_report_that_cannot_be_written_keeps_the_results(tmp_path, short_tmp):
     config = tmp_path / "c.yaml"
@@ -563,6 +573,7 @@ def test_a_report_that_cannot_be_written_keeps_the_results(tmp_path, short_tmp):
     assert {r["status"] for r in json.loads(kept[0].read_text())["results"]} == {"pass"}
 
 
+@pytest.mark.slow
 def test_a_worker_that_stops_starting_keeps_the_finished_results(tmp_path, short_tmp):
     scratch = short_tmp
     proc, doc = _run_config(tmp_path, _case_lines([("a", "good"), ("b", "breaks_worker_start"), ("c", "good"),
@@ -576,6 +587,7 @@ def test_a_worker_that_stops_starting_keeps_the_finished_results(tmp_path, short
     assert "stopped starting" in results["c"]["skip_reason"]
 
 
+@pytest.mark.slow
 def test_a_signal_while_reports_are_written_waits_for_them(tmp_path):
     config = tmp_path / "c.yaml"
     config.write_text(f"version: 1\nsys_path: [{LOSSES}]\n" + GOOD)
@@ -601,6 +613,7 @@ def test_a_signal_while_reports_are_written_waits_for_them(tmp_path):
     check_contract(out / "results.json")
 
 
+@pytest.mark.slow
 def test_a_loss_that_changes_directory_moves_nothing(tmp_path):
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
@@ -617,6 +630,7 @@ def test_a_loss_that_changes_directory_moves_nothing(tmp_path):
     assert doc["interrupted"] is False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.name != "posix", reason="folder locks use flock")
 def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
     import fcntl
@@ -637,6 +651,7 @@ def test_a_second_run_into_the_same_folder_is_refused(tmp_path):
 
 # -- timeouts ---------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.parametrize("value", [".inf", "1.0e+300"])
 def test_an_infinite_timeout_means_no_limit(tmp_path, value):
     proc, doc = _run_config(tmp_path, f"""
@@ -648,6 +663,7 @@ def test_an_infinite_timeout_means_no_limit(tmp_path, value):
     assert by_case(doc)["a"]["status"] == "pass"
 
 
+@pytest.mark.slow
 def test_timeout_inf_on_the_command_line_means_no_limit(tmp_path):
     proc, doc = _run_config(tmp_path, GOOD, "--jobs", "1", "--timeout", "inf")
     assert proc.returncode == 0, proc.stderr
@@ -783,6 +799,7 @@ def test_no_control_character_reaches_the_terminal():
             assert "\x1b[2K\rPASS" not in stream.getvalue()
 
 
+@pytest.mark.slow
 def test_a_loss_cannot_draw_over_the_terminal(tmp_path):
     proc, doc = _run_config(tmp_path, _case_lines([("a", "prints_escapes")]), "--jobs", "1")
     assert by_case(doc)["a"]["status"] == "fail"
@@ -804,6 +821,7 @@ def test_a_hostile_status_in_results_json_does_not_inject_html():
     assert "<img" not in stream.getvalue().lower(), stream.getvalue()
 
 
+@pytest.mark.slow
 def test_no_isolate_survives_a_loss_that_closes_stdout(tmp_path):
     proc, doc = _run_config(tmp_path, _case_lines([("a", "closes_stdout"), ("b", "good")]), "--no-isolate")
     assert proc.returncode == 0, proc.stderr
