@@ -54,21 +54,41 @@ class Track:
             self.none_draws += 1
             return
         g = grad.detach()
-        # The common case costs a norm and one smallest-magnitude reduction, and no mask: a finite
-        # norm means every element is finite, and a dense gradient (no zero) adds one to every
-        # count, which stays implicit. Only a non-finite norm (a NaN/Inf, or an overflow in low
-        # precision) pays for the masked passes, and only a gradient with zeros (or one after it)
-        # for the per-element counts.
-        norm = float(torch.linalg.vector_norm(g))
-        if not math.isfinite(norm):
-            finite = torch.isfinite(g)
-            self.nonfinite = max(self.nonfinite, int((~finite).sum()))
-            norm = float(torch.linalg.vector_norm(torch.where(finite, g, 0), dtype=torch.float64))
-        self.norms.append(norm)
-        if self._counts is None and _dense(g):
+        if g.layout is not torch.strided or g.is_complex() or g.numel() == 0:
+            dense = self._add_other(g)
+        else:
+            # The common case: one magnitude pass and one min/max reduction, no mask. A finite
+            # largest magnitude means every element is finite; a smallest above zero means a
+            # dense gradient, which adds one to every count (kept implicit). The norm (grad_norm)
+            # is the first draw's: one more pass, once a case. Only a NaN/Inf pays for the masked
+            # passes, and only a gradient with zeros (or one after it) for the per-element counts.
+            low, high = (float(v) for v in torch.aminmax(g.abs()))
+            if not math.isfinite(high):  # a NaN (which makes both NaN) or an Inf
+                self._count_nonfinite(g)
+            elif not self.norms:
+                norm = float(torch.linalg.vector_norm(g))
+                if not math.isfinite(norm):  # finite values whose norm overflows in low precision
+                    norm = float(torch.linalg.vector_norm(g, dtype=torch.float64))
+                self.norms.append(norm)
+            dense = low > 0  # a NaN smallest magnitude is not: the exact masked count decides
+        if self._counts is None and dense:
             self.dense_draws += 1
             return
         self.alive_counts.add_((g != 0).cpu())
+
+    def _count_nonfinite(self, g: torch.Tensor) -> None:
+        finite = torch.isfinite(g)
+        self.nonfinite = max(self.nonfinite, int((~finite).sum()))
+        self.norms.append(float(torch.linalg.vector_norm(torch.where(finite, g, 0), dtype=torch.float64)))
+
+    def _add_other(self, g: torch.Tensor) -> bool:
+        """A sparse, complex or empty gradient: its norm every draw, and whether it is dense."""
+        norm = float(torch.linalg.vector_norm(g))
+        if not math.isfinite(norm):
+            self._count_nonfinite(g)
+        else:
+            self.norms.append(norm)
+        return _dense(g)
 
     @property
     def alive_counts(self) -> torch.Tensor | None:

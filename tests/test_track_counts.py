@@ -68,3 +68,31 @@ def test_only_none_draws_leave_every_element_dead():
     assert track.dead == 4
     assert track.alive_counts.tolist() == [[0, 0], [0, 0]]
     assert track.verdict(1) == "none"
+
+
+@pytest.mark.parametrize("bad, count", [(float("nan"), 1), (float("inf"), 1), (float("-inf"), 1)])
+def test_a_nonfinite_element_is_counted_and_a_finite_twin_is_not(bad, count):
+    """The common path reads only the magnitudes' min and max: a NaN or an Inf anywhere must still
+    be counted (its twin, the same gradient finite, counts none), in any draw, not just the first."""
+    track = Track(name="x", shape=[4, 3], dtype="float32", requires_grad=True)
+    twin = Track(name="x", shape=[4, 3], dtype="float32", requires_grad=True)
+    good = torch.randn(4, 3) + 5.0
+    bad_grad = good.clone()
+    bad_grad[2, 1] = bad
+    for t, later in ((track, bad_grad), (twin, good)):
+        t.add(good)
+        t.add(later)
+    assert track.nonfinite == count and track.verdict(2) == "nonfinite"
+    assert twin.nonfinite == 0 and twin.verdict(2) == "ok" and twin.counts_implicit
+
+
+def test_the_norm_survives_a_low_precision_overflow_and_is_the_first_draws():
+    """float16 magnitudes near its maximum are finite while their norm overflows: no non-finite
+    count, and grad_norm is read in float64 (the first draw's; later draws skip that pass)."""
+    track = Track(name="x", shape=[1000], dtype="float16", requires_grad=True)
+    big = torch.full((1000,), 60000.0, dtype=torch.float16)
+    track.add(big)
+    track.add(torch.ones(1000, dtype=torch.float16))
+    result = track.to_result(2)
+    assert track.nonfinite == 0 and result.grad == "ok"
+    assert result.grad_norm == pytest.approx(60000.0 * 1000 ** 0.5)
