@@ -62,8 +62,7 @@ class AuditResults(RunResults):
         if failing:
             raise AssertionError(plain_summary(self, only=failing))
         if self.audited_nothing:  # as the CLI's exit 5: a check that ran nothing has not passed
-            reasons = sorted({f"{r.device}: {r.skip_reason}" for r in self.results})
-            raise AssertionError("gradaudit audited nothing: " + "; ".join(reasons))
+            raise AssertionError(self.audited_nothing_reason())
 
 
 class Spec:

@@ -323,6 +323,11 @@ class RunResults:
         """Whether there were results and every one is a skip (say, only `cuda` on a CPU machine)."""
         return bool(self.results) and all(r.status == "skip" for r in self.results)
 
+    def audited_nothing_reason(self) -> str:
+        """The words for a run that audited nothing: each device and why it was skipped."""
+        reasons = sorted({f"{r.device}: {r.skip_reason}" for r in self.results})
+        return "gradaudit audited nothing: " + "; ".join(reasons)
+
     @property
     def ok(self) -> bool:
         """Whether nothing failed and something was audited (passes, warnings, expected failures and

@@ -206,8 +206,7 @@ class Auditor:
         result = self.audit(loss, inputs, **settings)
         if result.audited_nothing:
             # Nothing was audited (no such device here): in a test that is a skip that says so.
-            reasons = sorted({f"{r.device}: {r.skip_reason}" for r in result.results})
-            pytest.skip("gradaudit audited nothing: " + "; ".join(reasons))
+            pytest.skip(result.audited_nothing_reason())
         result.raise_for_findings(fail_on=fail_on)
         return result
 

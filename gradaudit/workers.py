@@ -404,7 +404,8 @@ def _die_with_parent() -> None:
 # -- the pool ---------------------------------------------------------------------------------------
 
 # A Unix socket's path holds at most 107 bytes; the forkserver's lies in TMPDIR under
-# "pymp-XXXXXXXX/listener-XXXXXXXX" (32 more), and `bind` fails ("AF_UNIX path too long") past it.
+# "/pymp-XXXXXXXX/listener-XXXXXXXX" (32 more; 40 leaves a margin), and `bind` fails ("AF_UNIX
+# path too long") past it.
 _SOCKET_PATH_MAX = 107
 _FORKSERVER_SOCKET_TAIL = 40
 
