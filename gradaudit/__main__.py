@@ -1,5 +1,5 @@
 """`python -m gradaudit` runs the command line."""
 
-from gradaudit.cli import main
+from gradaudit.launch import main
 
 main()

@@ -11,6 +11,7 @@ few thousand DOM nodes at load, not a few hundred thousand.
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from collections import Counter
@@ -585,14 +586,31 @@ def build_view(results: RunResults) -> dict[str, Any]:
     }
 
 
+# What, in the JSON text of the data, may be (or be the escape of) a character safe_text changes:
+# json writes C0 controls as \r, \b, \f or \u00XX and leaves DEL, C1 and the bidi controls as they
+# are. A hit (or an escaped backslash before r, b, f) only sends the data through the exact walk.
+_MAYBE_CONTROL = re.compile(r"\\[rbf]|\\u00[01]|[\x7f-\x9f\u202a-\u202e\u2066-\u2069\u2028\u2029]")
+
+
 def _safe_data(value: Any) -> Any:
-    """The embedded data with control characters in its strings shown as escapes, as in the page."""
+    """The embedded data with control characters in its strings shown as escapes, as in the page.
+
+    One pass of json's C encoder first: the common data has none, and is then kept as it is."""
+    try:
+        if not _MAYBE_CONTROL.search(json.dumps(value, ensure_ascii=False, default=str)):
+            return value
+    except (TypeError, ValueError):  # not JSON as it stands: the walk decides
+        pass
+    return _safe_walk(value)
+
+
+def _safe_walk(value: Any) -> Any:
     if isinstance(value, str):
         return safe_text(value)
     if isinstance(value, dict):
-        return {k: _safe_data(v) for k, v in value.items()}
+        return {k: _safe_walk(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_safe_data(v) for v in value]
+        return [_safe_walk(v) for v in value]
     return value
 
 

@@ -16,9 +16,28 @@ SCHEMA_FILE = "results.schema.json"
 
 
 def write_json(results: RunResults, stream: IO[str]) -> None:
-    """Write results as indented JSON."""
-    json.dump(finite_json(results.to_dict()), stream, indent=2, allow_nan=False, default=str)
-    stream.write("\n")
+    """Write results as JSON: the run's keys indented, each result on a line of its own.
+
+    One line a result keeps a file of thousands of results readable (and diffable by case) while
+    the results go through json's C encoder; `indent` would send every value through its pure
+    Python one, about five times slower.
+    """
+    data = results.to_dict()
+    rows = data.pop("results")
+    head = ",\n".join(f"  {json.dumps(key)}: {_encode(value, indent=2).replace(chr(10), chr(10) + '  ')}"
+                       for key, value in data.items())
+    stream.write("{\n" + head + ',\n  "results": [')
+    for i, row in enumerate(rows):
+        stream.write(("\n    " if i == 0 else ",\n    ") + _encode(row))
+    stream.write("\n  ]\n}\n" if rows else "]\n}\n")
+
+
+def _encode(value, indent: int | None = None) -> str:
+    """JSON text of a value, NaN and Inf as strings (finite_json) only where there are any."""
+    try:
+        return json.dumps(value, indent=indent, allow_nan=False, default=str)
+    except ValueError:  # a NaN or Inf somewhere in it
+        return json.dumps(finite_json(value), indent=indent, allow_nan=False, default=str)
 
 
 def finite_json(value):

@@ -226,19 +226,30 @@ def _raw_environ() -> dict | None:
 
 class _Namespace:
     """A dict's keys and values as they were. The check runs after every job, so the common case
-    (nothing replaced or removed) is one subset test of item views in C: identity decides each
-    entry before any `==`, and added entries (imports) do not count."""
+    (nothing replaced, removed or added since the last check) is two list comparisons in C, which
+    decide each entry by identity before any `==`; where entries were added (imports, which do not
+    count) one subset test of item views, after which the fast check starts from the grown dict."""
 
     def __init__(self, data: dict[str, Any]) -> None:
         self.items = dict(data)  # the values are kept alive: no id is reused meanwhile
         self._view = self.items.items()
+        self._last_keys = list(data)  # the dict at the last check that found it unchanged
+        self._last_values = list(data.values())
 
     def unchanged(self, now: Any) -> bool:
         """Whether every entry is still there with the same object (entries may have been added)."""
         try:
-            return self._view <= now.items()
+            if (len(now) == len(self._last_keys) and list(now.values()) == self._last_values
+                    and list(now) == self._last_keys):
+                return True
+            if not self._view <= now.items():
+                return False
         except Exception:  # noqa: BLE001 - a replaced value whose == raises (a tensor): changed
             return False
+        # Only additions since the snapshot: the next fast check compares with the dict as it is now
+        # (its entries kept alive too), which still holds every entry of the snapshot.
+        self._last_keys, self._last_values = list(now), list(now.values())
+        return True
 
     def added(self, now: Any) -> list[str]:
         if len(now) == len(self.items):  # unchanged and as many entries: nothing added

@@ -885,3 +885,98 @@ def test_a_job_sent_ahead_is_never_blamed_for_the_one_before_it(audit_config, mo
     # A job was sent ahead behind each fault (its worker's last job had been short), and passed.
     assert {name: behind.get(name) for name in faults} == {name: f"after_{name}_0" for name in faults}
     assert all(statuses[f"after_{name}_0"] == "pass" for name in faults)
+
+
+def test_namespace_check_after_imports_still_sees_a_replacement():
+    """The leaked-state check compares with the dict as it was at its last clean check once entries
+    were added (an import): a replacement after that is still caught, an addition still is not."""
+    import types
+
+    from gradaudit.processstate import _Namespace
+
+    ns = types.SimpleNamespace(a=object(), b=object())
+    snapshot = _Namespace(vars(ns))
+    assert snapshot.unchanged(vars(ns))
+    ns.c = object()  # an addition (an import): not a change
+    assert snapshot.unchanged(vars(ns))
+    assert snapshot.unchanged(vars(ns))  # the fast check, now against the grown dict
+    ns.c = object()  # replacing what was added after the snapshot: not one of its entries
+    assert snapshot.unchanged(vars(ns))
+    original = ns.a
+    ns.a = object()  # replacing an entry of the snapshot, after the additions
+    assert not snapshot.unchanged(vars(ns))
+    ns.a = original
+    assert snapshot.unchanged(vars(ns))
+    del ns.b
+    assert not snapshot.unchanged(vars(ns))
+
+
+def test_namespace_check_sees_a_value_swapped_between_keys():
+    import types
+
+    from gradaudit.processstate import _Namespace
+
+    one, two = object(), object()
+    ns = types.SimpleNamespace(a=one, b=two)
+    snapshot = _Namespace(vars(ns))
+    ns.a, ns.b = two, one  # same keys, same values, in other places
+    assert not snapshot.unchanged(vars(ns))
+
+
+def test_a_run_starts_the_forkserver_before_the_command_line_is_imported():
+    """The console script starts the workers' forkserver (and its torch import) first for a plain
+    `run`, and starts nothing for --help, --no-isolate or another command."""
+    code = textwrap.dedent("""
+        import sys, json
+        import gradaudit.forkstart as forkstart
+        calls = []
+        forkstart.prestart = lambda: calls.append("gradaudit.cli" in sys.modules)
+        import gradaudit.launch as launch
+        sys.argv = ["gradaudit", *json.loads(sys.argv[1])]
+        try:
+            launch.main()
+        except SystemExit:
+            pass
+        print(json.dumps(calls))
+        """)
+
+    def prestarts(*args: str) -> list[bool]:
+        proc = subprocess.run([sys.executable, "-c", code, json.dumps(list(args))], capture_output=True,
+                              text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    # A run: first before the CLI is imported (then once more, from the CLI, a no-op when running).
+    assert prestarts("run", "no-such-config.yaml")[:1] == [False]
+    assert prestarts("run", "--help") == []
+    assert prestarts("run", "no-such-config.yaml", "--no-isolate") == []
+    assert prestarts("validate", "no-such-config.yaml") == []
+
+
+def test_only_a_run_with_workers_starts_them_early():
+    from gradaudit.launch import starts_workers
+
+    assert starts_workers(["run", "c.yaml", "-o", "out"])
+    assert not starts_workers(["run"])
+    assert not starts_workers(["run", "c.yaml", "-h"])
+    assert not starts_workers(["report", "results.json"])
+    assert not starts_workers([])
+
+
+@pytest.mark.parametrize("char", [*RAW_CONTROLS, "\x7f", "\x0b", "\x08", "\x0c", "\u2029", "\u2066"])
+def test_each_control_alone_is_escaped_in_the_pages_data(char):
+    """The page's data skips the walk over every string only where its JSON text shows none of
+    the characters safe_text changes: each one alone still sends it through."""
+    from gradaudit.htmlreport import _safe_data, _safe_walk
+    from gradaudit.safetext import safe_text
+
+    data = {"results": [{"summary_line": "plain"}, {"detail": {"code": f"x = y{char}z"}}]}
+    safe = _safe_data(data)
+    assert safe == _safe_walk(data) and safe["results"][1]["detail"]["code"] == safe_text(f"x = y{char}z")
+    assert char not in json.dumps(safe, ensure_ascii=False)
+
+
+def test_plain_page_data_is_kept_as_it_is():
+    from gradaudit.htmlreport import _safe_data
+
+    data = {"results": [{"summary_line": "two\nlines\tand a tab", "path": "C:\\work"}], "n": 1.5}
+    assert _safe_data(data) is data
