@@ -348,9 +348,8 @@ class CaseAudit:
             if facts.unmoved:
                 facts.attributes = self._witness(witnesses.attribute_uses, call, 0, facts.unmoved)
         for name, track in record.tracks.items():
-            if track.requires_grad and track.alive_counts is not None and track.draws:
-                total = track.alive_counts.numel() * track.draws
-                facts.zeros[name] = (total - int(track.alive_counts.sum()), total, track.draws)
+            if track.requires_grad and track.draws:
+                facts.zeros[name] = (*track.zero_counts(), track.draws)
 
     def finish(self) -> CaseResult:
         """Turn the draws into input verdicts, findings and a status, applying `expect`."""

@@ -106,6 +106,14 @@ class Track:
     def ever_nonzero(self) -> torch.Tensor | None:
         return None if self.alive_counts is None else self.alive_counts > 0
 
+    def zero_counts(self) -> tuple[int, int]:
+        """(element-draws whose gradient was zero, element-draws in all), without making the
+        implicit counts of a gradient that was dense in every draw."""
+        total = self._numel() * self.draws
+        if self._counts is None:
+            return total - self._numel() * self.dense_draws, total
+        return total - int(self._counts.sum()), total
+
     @property
     def dead(self) -> int:
         if self._counts is None:  # implicit counts: all dense, or no gradient yet

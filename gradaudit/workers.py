@@ -373,6 +373,11 @@ def end_children(grace_s: float = 2.0) -> int:
     multiprocessing's helper processes (and so gradaudit's own stdout) open: `gradaudit run | cat`
     would wait for it.
     """
+    try:
+        if os.waitpid(-1, os.WNOHANG)[0] == 0:
+            pass  # a child is running: find them all below
+    except ChildProcessError:
+        return 0  # no child at all, so nothing below (an orphan would have become our child)
     killed: set[int] = set()
     give_up = time.monotonic() + grace_s
     while True:

@@ -887,7 +887,20 @@ def test_a_job_sent_ahead_is_never_blamed_for_the_one_before_it(audit_config, mo
     assert all(statuses[f"after_{name}_0"] == "pass" for name in faults)
 
 
-def test_namespace_check_after_imports_still_sees_a_replacement():
+@pytest.fixture(params=["version-tag", "full-comparison"])
+def dict_versions(request, monkeypatch):
+    """Each namespace test twice: with CPython's dict version tag read, and without (as on an
+    interpreter that has none)."""
+    from gradaudit import processstate
+
+    if request.param == "full-comparison":
+        monkeypatch.setattr(processstate, "_read_version", None)
+    elif processstate._dict_version({}) is None:  # depends on the interpreter, not on this machine
+        pytest.skip("this Python has no readable dict version tag (not CPython, or another layout)")
+    return request.param
+
+
+def test_namespace_check_after_imports_still_sees_a_replacement(dict_versions):
     """The leaked-state check compares with the dict as it was at its last clean check once entries
     were added (an import): a replacement after that is still caught, an addition still is not."""
     import types
@@ -911,7 +924,7 @@ def test_namespace_check_after_imports_still_sees_a_replacement():
     assert not snapshot.unchanged(vars(ns))
 
 
-def test_namespace_check_sees_a_value_swapped_between_keys():
+def test_namespace_check_sees_a_value_swapped_between_keys(dict_versions):
     import types
 
     from gradaudit.processstate import _Namespace
@@ -921,6 +934,43 @@ def test_namespace_check_sees_a_value_swapped_between_keys():
     snapshot = _Namespace(vars(ns))
     ns.a, ns.b = two, one  # same keys, same values, in other places
     assert not snapshot.unchanged(vars(ns))
+
+
+def test_namespace_check_sees_writes_to_a_class_and_to_a_dict_directly(dict_versions):
+    from gradaudit.processstate import _Namespace
+
+    class Patched:
+        def method(self):
+            return 1
+
+    snapshot = _Namespace(vars(Patched))
+    assert snapshot.unchanged(vars(Patched)) and snapshot.unchanged(vars(Patched))
+    original = Patched.method
+    Patched.method = lambda self: 2  # through the class's mappingproxy-guarded dict
+    assert not snapshot.unchanged(vars(Patched))
+    Patched.method = original
+    assert snapshot.unchanged(vars(Patched))
+    table = {"a": 1, "b": 2}
+    watched = _Namespace(table)
+    assert watched.unchanged(table)
+    table["a"] = 3  # a write straight into the dict, no attribute machinery
+    assert not watched.unchanged(table)
+    assert watched.unchanged({"a": 1, "b": 2, "c": 0})  # another dict holding every entry: the full check
+
+
+def test_cpython_reads_a_dict_version_that_changes_on_every_write():
+    """Where the fast path is on, the version it reads moves with each kind of write."""
+    from gradaudit.processstate import _dict_version
+
+    table: dict = {"a": 1}
+    if _dict_version(table) is None:
+        pytest.skip("this Python has no readable dict version tag (not CPython, or another layout)")
+    seen = [_dict_version(table)]
+    for write in (lambda: table.update(b=2), lambda: table.__setitem__("a", 5), lambda: table.pop("b"),
+                  lambda: table.setdefault("c", 1), lambda: table.clear()):
+        write()
+        seen.append(_dict_version(table))
+    assert len(set(seen)) == len(seen)
 
 
 def test_a_run_starts_the_forkserver_before_the_command_line_is_imported():
