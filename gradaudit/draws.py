@@ -117,18 +117,22 @@ class DrawLoop:
         if out.error is not None:
             record.failure = out
             return False
-        if self.keep_first and draw == 0:
-            record.first = (out.loss.detach().cpu(),
-                            {n: g.detach().cpu() if g is not None else None for n, g in out.grads.items()})
-        for name, track in record.tracks.items():
-            if track.requires_grad:
-                track.add(out.grads.get(name))
-                if track.nonfinite and record.nonfinite_grad_draw is None:
-                    record.nonfinite_grad_draw = draw
+        if self.keep_first and draw == 0:  # copies: the tracks below take the gradients over
+            record.first = (out.loss.detach().to("cpu", copy=True),
+                            {n: g.detach().to("cpu", copy=True) if g is not None else None
+                             for n, g in out.grads.items()})
         for obs in self.observers:  # an observer that compares draws (a compiled entry's eager twin)
             done = getattr(obs, "draw_done", None)
             if done is not None:
                 done(out)
+        # Last: the gradients are this draw's own (fresh .grad of our leaves), read by nothing after
+        # this, so each track may overwrite its gradient while it counts it.
+        for name, track in record.tracks.items():
+            if track.requires_grad:
+                track.add(out.grads.get(name), consume=True)
+                if track.nonfinite and record.nonfinite_grad_draw is None:
+                    record.nonfinite_grad_draw = draw
+        out.grads = {}
         return True
 
     def _keep_warnings(self, out: DrawOutcome) -> None:

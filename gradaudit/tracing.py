@@ -204,7 +204,26 @@ def _user_frames() -> list[tuple[str, int, str]] | None:
     return frames
 
 
-_KINDS: dict[Any, tuple[str, str]] = {}
+_KINDS: dict[Any, tuple[str, str, bool]] = {}
+
+
+_INDEX = "index"  # `plain` of an indexing op: plain unless its index holds a tensor
+
+
+def _known(func: Any) -> tuple[str, str, bool | str]:
+    """(kind, name, plain) of a torch function; `plain`: an op none of the tracer's special rules
+    (device, range, narrowed arguments) concerns, which takes the fast path."""
+    kind, name = _classify(func), _op_name(func)
+    plain: bool | str = kind == "op" and name not in _NARROWED and name not in RANGE_OPS and name not in _FOLLOWING
+    if plain and name in INDEX_ALLOWS_CPU:
+        plain = _INDEX  # a CPU tensor index is the only rule of an indexing op
+    return kind, name, plain
+
+
+def _holds_tensor(index: Any) -> bool:
+    if isinstance(index, torch.Tensor):
+        return True
+    return isinstance(index, (list, tuple)) and any(isinstance(i, (torch.Tensor, list, tuple)) for i in index)
 _FOLLOWS = object()  # a `.to(...)` whose device comes from a tensor
 
 
@@ -352,10 +371,12 @@ class Tracer:
         # the common case (tensors in, one tensor out, nothing cut) is kept to plain lookups.
         known = _KINDS.get(func)
         if known is None:
-            known = _KINDS[func] = (_classify(func), _op_name(func))
-        kind, name = known
+            known = _KINDS[func] = _known(func)
+        kind, name, plain = known
         if kind == "skip":
             return func(*args, **kwargs)
+        if plain is True or (plain is _INDEX and (len(args) < 2 or not _holds_tensor(args[1]))):
+            return self._plain_call(func, name, args, kwargs)
         tensors: list[Tag] = []
         if name in _NARROWED:
             scan, scan_kwargs = gradient_args(name, args, kwargs)
@@ -397,6 +418,57 @@ class Tracer:
             if tensors and name in _FOLLOWING and follows_device(name, args, kwargs):
                 factory = _FOLLOWS  # moved to a device taken from a tensor: portable again
             self._after(func, name, kind, tensors, out, target, before, factory, scan)
+        return out
+
+    def _plain_call(self, func: Any, name: str, args: tuple, kwargs: dict) -> Any:
+        """`call` for the common op: no device, range, in-place or narrowed-argument rules apply,
+        so only the tags of its tensors and of its outputs are at stake (the same tags as the
+        general path gives)."""
+        tensors: list[Tag] = []
+        table, token = self._tags, self.token
+        for v in args:
+            if isinstance(v, torch.Tensor):
+                entry = table.get(id(v))
+                if entry is not None and entry[1].token is token and entry[0]() is v:
+                    tensors.append(entry[1])
+                else:
+                    tag = self.tag(v)
+                    if tag is not None:
+                        tensors.append(tag)
+            elif isinstance(v, (list, tuple)) and v:
+                self._collect(v, tensors, 1)
+        if kwargs:
+            self._collect(tuple(kwargs.values()), tensors, 0)
+        previous, self.current = self.current, name
+        try:
+            out = func(*args, **kwargs)
+        finally:
+            self.current = previous
+        if not tensors:
+            return out
+        if isinstance(out, torch.Tensor):
+            # Nothing cut, no term and no fixed-device source in sight, and at most one gradient
+            # path among the inputs: the output's tag is one of theirs, or theirs with `derived`.
+            grad, derived, carrier = _EMPTY, False, None
+            for t in tensors:
+                if t.terms or t.breaks or t.fixed:
+                    break
+                g = t.grad
+                if g:
+                    if grad and g is not grad:
+                        break  # two paths meet: the union is the general path's
+                    grad, carrier = g, carrier or t
+                if t.derived:
+                    derived = True
+            else:
+                requires = out.requires_grad
+                if (requires and name not in ZERO_DERIVATIVE) if grad else not requires:
+                    carrier = carrier or tensors[0]
+                    if carrier.derived != derived or carrier.grad is not grad:
+                        carrier = Tag(self.token, grad, derived)
+                    table[id(out)] = (weakref.ref(out), carrier)
+                    return out
+        self._after(func, name, "op", tensors, out, None, None, None, args)
         return out
 
     def _collect(self, values: tuple | list, out: list, depth: int) -> None:

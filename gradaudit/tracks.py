@@ -48,7 +48,10 @@ class Track:
     _counts: torch.Tensor | None = field(default=None, repr=False)
     dense_draws: int = 0  # draws whose gradient had no zero, before the counts were made
 
-    def add(self, grad: torch.Tensor | None) -> None:
+    def add(self, grad: torch.Tensor | None, *, consume: bool = False) -> None:
+        """Count one draw's gradient. With `consume`, the caller hands the tensor over (nothing
+        reads it afterwards): its magnitudes are taken in place, which saves a fresh buffer of its
+        size each draw (the allocation, not the pass, is most of the cost on a large gradient)."""
         self.draws += 1
         if grad is None:
             self.none_draws += 1
@@ -62,7 +65,8 @@ class Track:
             # dense gradient, which adds one to every count (kept implicit). The norm (grad_norm)
             # is the first draw's: one more pass, once a case. Only a NaN/Inf pays for the masked
             # passes, and only a gradient with zeros (or one after it) for the per-element counts.
-            low, high = (float(v) for v in torch.aminmax(g.abs()))
+            magnitudes = g.abs_() if consume and not g.requires_grad else g.abs()
+            low, high = (float(v) for v in torch.aminmax(magnitudes))
             if not math.isfinite(high):  # a NaN (which makes both NaN) or an Inf
                 self._count_nonfinite(g)
             elif not self.norms:
