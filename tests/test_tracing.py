@@ -81,3 +81,53 @@ def test_the_normal_path_leaves_the_version_check_to_torch():
     with pytest.raises(RuntimeError, match=r"which is output 0 of Sigmoid"):
         with observer.draw_context(0, _inputs(x)):
             _sigmoid_then_mul_(x).backward()
+
+
+# -- the plain-op fast path gives the tags the general path gives ----------------------------------
+
+def _mixed_loss(pred, target, weight):
+    """A loss that touches each rule of the tracer; returns the loss and every tensor it made."""
+    made = [pred[:, :2], pred[:, 2:]]
+    made += [made[1].abs(), made[0] + 1e-3]
+    box = torch.cat([made[0], made[0] + made[2] + 1e-3], dim=1)
+    ref = torch.cat([target[:, :2], target[:, :2] + target[:, 2:].abs() + 1e-3], dim=1)
+    cut = (box - ref).detach()  # a break: its descendants carry it
+    fixed = torch.ones(4)  # a fixed-device source meeting the inputs
+    both = box * weight + cut * 0.5 + fixed  # two gradient paths meet, and a cut term is added
+    picked = box[torch.arange(box.shape[0]), 0]  # a tensor index: the indexing rule applies
+    rounded = torch.round(box).sum()  # a zero-derivative op on a gradient-carrying tensor
+    scaled = (target * 2).exp()  # no gradient path at all
+    made += [box, ref, cut, fixed, both, picked, rounded, scaled, box.T, both.mean()]
+    return made[-1] + picked.sum() + rounded + ref.sum(), made
+
+
+def _traced_tags(monkeypatch, fast: bool):
+    from gradaudit import tracing
+
+    monkeypatch.setattr(tracing, "_KINDS", {})
+    if not fast:
+        real = tracing._known
+        monkeypatch.setattr(tracing, "_known", lambda func: (*real(func)[:2], False))
+    torch.manual_seed(0)
+    pred, weight = torch.randn(6, 4, requires_grad=True), torch.randn(6, 4, requires_grad=True)
+    target = torch.randn(6, 4)
+    tracer = Tracer()
+    with tracer.tracing({"pred": pred, "target": target, "weight": weight}, {"pred": pred, "weight": weight}):
+        loss, made = _mixed_loss(pred, target, weight)
+    tags = [tracer.tag_of(t) for t in [*made, loss]]
+    seen = [None if t is None else (sorted(t.grad), t.derived, sorted(t.breaks), sorted(t.fixed), sorted(t.terms))
+            for t in tags]
+    records = [(r.kind, r.op, r.why, sorted(r.lost), r.calls, r.met, r.frames[-1][1]) for r in tracer.records]
+    return seen, records, float(loss.detach())
+
+
+def test_the_fast_path_gives_every_tensor_the_general_paths_tag(monkeypatch):
+    fast_tags, fast_records, fast_loss = _traced_tags(monkeypatch, fast=True)
+    slow_tags, slow_records, slow_loss = _traced_tags(monkeypatch, fast=False)
+    assert fast_tags == slow_tags and fast_records == slow_records and fast_loss == slow_loss
+    # The trace saw what the loss does: the detach, the round, the fixed source meeting the inputs.
+    ops = {(kind, op, why) for kind, op, why, *_ in fast_records}
+    assert {("break", "Tensor.detach", "detach"), ("break", "torch.round", "zero-derivative")} <= ops
+    assert ("factory", "torch.ones", "") in ops
+    assert all(tag is not None for tag in fast_tags[:-1]) and fast_tags[-1] is not None
+    assert fast_tags[0][0] == ["pred"] and fast_tags[8][2]  # a slice of pred; the cut value's break

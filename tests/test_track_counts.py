@@ -96,3 +96,30 @@ def test_the_norm_survives_a_low_precision_overflow_and_is_the_first_draws():
     result = track.to_result(2)
     assert track.nonfinite == 0 and result.grad == "ok"
     assert result.grad_norm == pytest.approx(60000.0 * 1000 ** 0.5)
+
+
+@pytest.mark.parametrize("kinds", [["dense", "dense"], ["dense", "zeros", "dense"], ["sparse", "nan", "dense"],
+                                   ["none", "allzero", "dense"]])
+def test_a_consumed_gradient_counts_the_same_and_only_it_is_changed(kinds):
+    """`consume=True` (the draw loop's gradients, read by nothing after) measures the gradient in
+    place: the same counts, norms and verdict as a copy would give; without it the caller's
+    tensor is left as it was."""
+    rng = torch.Generator().manual_seed(3)
+    shape = [4, 5]
+    grads = [_grad(kind, shape, rng) for kind in kinds]
+    kept, given = Track("x", shape, "float32", True), Track("x", shape, "float32", True)
+    for g in grads:
+        before = None if g is None else g.clone()
+        kept.add(g)
+        if g is not None:
+            assert torch.equal(g.nan_to_num(), before.nan_to_num())  # untouched without consume
+        given.add(None if g is None else g.clone(), consume=True)
+    assert torch.equal(kept.alive_counts, given.alive_counts)
+    assert (kept.norms, kept.nonfinite, kept.dense_draws) == (given.norms, given.nonfinite, given.dense_draws)
+    assert kept.verdict(len(grads)) == given.verdict(len(grads))
+
+
+def test_consume_measures_in_place():
+    g = -torch.ones(3)
+    Track("x", [3], "float32", True).add(g, consume=True)
+    assert torch.equal(g, torch.ones(3))  # its magnitudes: the tensor was taken over
