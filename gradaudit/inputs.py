@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,10 @@ class InputError(Exception):
     """An input spec or factory that fails: the case is an error, not a defect of the loss."""
 
 
+@functools.lru_cache(maxsize=4096)
 def draw_seed(seed: int, case: str, draw: int) -> int:
-    """A stable 63-bit seed from (seed, case, draw): the same tensors in any order or selection."""
+    """A stable 63-bit seed from (seed, case, draw): the same tensors in any order or selection.
+    (Cached: a draw asks for its inputs' seed and for the loss's, derived from it.)"""
     digest = hashlib.sha256(f"{seed}\0{case}\0{draw}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
 
