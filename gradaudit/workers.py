@@ -32,6 +32,7 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from multiprocessing.connection import wait
 from pathlib import Path
 from typing import Any
 
@@ -375,8 +376,7 @@ def end_children(grace_s: float = 2.0) -> int:
     would wait for it.
     """
     try:
-        if os.waitpid(-1, os.WNOHANG)[0] == 0:
-            pass  # a child is running: find them all below
+        os.waitpid(-1, os.WNOHANG)  # reaps a child that exited; raises where there is no child
     except ChildProcessError:
         return 0  # no child at all, so nothing below (an orphan would have become our child)
     killed: set[int] = set()
@@ -455,6 +455,12 @@ class _Readiness:
         return any(fd == self.sentinel for fd, _ in self._poll.poll(0))
 
 
+def _pipe_selector() -> selectors.BaseSelector | None:
+    """A selector that takes pipes (POSIX); None on Windows, whose selectors take sockets only:
+    there multiprocessing's wait() serves."""
+    return selectors.DefaultSelector() if os.name == "posix" else None
+
+
 class WorkerPool:
     """Up to `size` worker processes that audit jobs and replace a worker that dies."""
 
@@ -469,7 +475,7 @@ class WorkerPool:
         self.environment: dict | None = None  # the environment block, from the first ready worker
         self._pending: deque = deque()  # (index, Job) not yet sent to any worker
         # Every worker's pipe and process sentinel, registered once (not once per wait).
-        self._selector = selectors.DefaultSelector()
+        self._selector = _pipe_selector()
 
     def __enter__(self) -> WorkerPool:
         return self
@@ -512,8 +518,9 @@ class WorkerPool:
             process.start()
         child.close()
         w = _Worker(process, parent, log_path, describes=describe, readiness=_Readiness(parent, process.sentinel))
-        self._selector.register(parent, selectors.EVENT_READ, w)
-        self._selector.register(process.sentinel, selectors.EVENT_READ, w)
+        if self._selector is not None:
+            self._selector.register(parent, selectors.EVENT_READ, w)
+            self._selector.register(process.sentinel, selectors.EVENT_READ, w)
         self.workers.append(w)
 
     def _send(self, w: _Worker, item: tuple[int, Any], ahead: bool = False) -> None:
@@ -556,12 +563,13 @@ class WorkerPool:
         # An infinite (or astronomically long) timeout never passes; select() takes bounded waits.
         timeout = min(MAX_WAIT_S, max(0.0, min(busy) - time.monotonic())) if busy else None
         ready: dict[int, _Worker] = {}
-        try:
-            events = self._selector.select(timeout)
-        except InterruptedError:  # a signal: the caller looks at its flags and steps again
-            events = []
-        for key, _ in events:
-            ready[id(key.data)] = key.data
+        if self._selector is not None:
+            for key, _ in self._selector.select(timeout):
+                ready[id(key.data)] = key.data
+        else:
+            handles = {h: w for w in self.workers for h in (w.conn, w.process.sentinel)}
+            for h in wait(list(handles), timeout):
+                ready[id(handles[h])] = handles[h]
         for w in ready.values():
             yield from self._service(w)
         now = time.monotonic()
@@ -657,6 +665,8 @@ class WorkerPool:
             w.conn.close()
 
     def _unwatch(self, w: _Worker) -> None:
+        if self._selector is None:
+            return
         for handle in (w.conn, w.process.sentinel):
             with contextlib.suppress(KeyError, ValueError, OSError):
                 self._selector.unregister(handle)
@@ -677,7 +687,8 @@ class WorkerPool:
             with contextlib.suppress(OSError):
                 w.conn.close()
         self.workers.clear()
-        self._selector.close()
+        if self._selector is not None:
+            self._selector.close()
         shutil.rmtree(self.logs, ignore_errors=True)
 
 

@@ -1030,3 +1030,25 @@ def test_plain_page_data_is_kept_as_it_is():
 
     data = {"results": [{"summary_line": "two\nlines\tand a tab", "path": "C:\\work"}], "n": 1.5}
     assert _safe_data(data) is data
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("selector", ["shared selector", "multiprocessing wait"])
+def test_the_pool_sees_results_and_deaths_with_either_way_of_waiting(audit_config, monkeypatch, selector):
+    """POSIX waits on one selector registered once; Windows (no selector for pipes) on
+    multiprocessing's wait(). Both read every result and account for a worker that dies."""
+    from gradaudit import workers
+
+    if selector == "multiprocessing wait":
+        monkeypatch.setattr(workers, "_pipe_selector", lambda: None)
+    config = """
+        defaults: {devices: [cpu], timeout: 60}
+        cases:
+          - {name: a_good, loss: "faults:good", inputs: {x: {shape: [4]}}}
+          - {name: b_crash, loss: "faults:segfault", inputs: {x: {shape: [4]}}}
+          - {name: c_good, loss: "faults:good", inputs: {x: {shape: [4]}}}
+          - {name: d_good, loss: "faults:good", inputs: {x: {shape: [4]}}}
+        """
+    _, doc = audit_config(config, "--jobs", "2", exit_code=1)
+    assert {n: r["status"] for n, r in by_case(doc).items()} == {
+        "a_good": "pass", "b_crash": "crash", "c_good": "pass", "d_good": "pass"}
