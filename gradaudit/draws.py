@@ -95,8 +95,16 @@ class DrawLoop:
                     break
         return record
 
+    def _observed(self, draw: int, inputs: DrawInputs) -> contextlib.AbstractContextManager[Any]:
+        """The observers' contexts around a draw (the common cases, none or one, without a stack)."""
+        if not self.observers:
+            return contextlib.nullcontext()
+        if len(self.observers) == 1:
+            return self.observers[0].draw_context(draw, inputs)
+        return self._stacked(draw, inputs)
+
     @contextlib.contextmanager
-    def _observed(self, draw: int, inputs: DrawInputs) -> Iterator[None]:
+    def _stacked(self, draw: int, inputs: DrawInputs) -> Iterator[None]:
         with contextlib.ExitStack() as stack:
             for obs in self.observers:
                 stack.enter_context(obs.draw_context(draw, inputs))

@@ -221,9 +221,16 @@ def _known(func: Any) -> tuple[str, str, bool | str]:
 
 
 def _holds_tensor(index: Any) -> bool:
+    """Whether an index may hold a tensor (a loop, not any(): this runs for every indexing op)."""
     if isinstance(index, torch.Tensor):
         return True
-    return isinstance(index, (list, tuple)) and any(isinstance(i, (torch.Tensor, list, tuple)) for i in index)
+    if isinstance(index, (list, tuple)):
+        for i in index:
+            if isinstance(i, (torch.Tensor, list, tuple)):
+                return True
+    return False
+
+
 _FOLLOWS = object()  # a `.to(...)` whose device comes from a tensor
 
 
@@ -271,7 +278,8 @@ class Tracer:
         self.escaped: frozenset = _EMPTY  # breaks whose values left as Python values
         self.loss_breaks: set[int] | None = None
         self.conflicts: list[Conflict] = []
-        self.current: str = ""
+        self.current: str = ""  # the op running now, which the version hooks name as a saver
+        self.naming = False  # whether `current` is kept: only while the version hooks are on
         # The tags of this draw's tensors, by id, beside a weak reference that proves the id still
         # names the same tensor: the user's tensors (inputs, parameters) carry no mark of ours.
         self._tags: dict[int, tuple[weakref.ref, Tag]] = {}
@@ -332,11 +340,15 @@ class Tracer:
         the normal path leaves saved tensors to torch, whose own check then stands.
         """
         self.start_draw(inputs, leaves or {})
+        self.naming = versions
         with contextlib.ExitStack() as stack:
             if versions:
                 stack.enter_context(torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack))
             stack.enter_context(_Mode(self))
-            yield self
+            try:
+                yield self
+            finally:
+                self.naming = False
 
     def start_draw(self, inputs: Mapping[str, torch.Tensor], leaves: Mapping[str, torch.Tensor]) -> None:
         self.token = object()
@@ -375,8 +387,11 @@ class Tracer:
         kind, name, plain = known
         if kind == "skip":
             return func(*args, **kwargs)
-        if plain is True or (plain is _INDEX and (len(args) < 2 or not _holds_tensor(args[1]))):
-            return self._plain_call(func, name, args, kwargs)
+        if plain is True:
+            return self._plain_call(func, name, args, kwargs, args)
+        if plain is _INDEX and (len(args) < 2 or not _holds_tensor(args[1])):
+            # Only the indexed tensor can carry a tag: an index without tensors is not scanned.
+            return self._plain_call(func, name, args, kwargs, args[:1])
         tensors: list[Tag] = []
         if name in _NARROWED:
             scan, scan_kwargs = gradient_args(name, args, kwargs)
@@ -420,13 +435,13 @@ class Tracer:
             self._after(func, name, kind, tensors, out, target, before, factory, scan)
         return out
 
-    def _plain_call(self, func: Any, name: str, args: tuple, kwargs: dict) -> Any:
+    def _plain_call(self, func: Any, name: str, args: tuple, kwargs: dict, scan: tuple) -> Any:
         """`call` for the common op: no device, range, in-place or narrowed-argument rules apply,
-        so only the tags of its tensors and of its outputs are at stake (the same tags as the
-        general path gives)."""
+        so only the tags of its tensors (those in `scan`, and in `kwargs`) and of its outputs are
+        at stake (the same tags as the general path gives)."""
         tensors: list[Tag] = []
         table, token = self._tags, self.token
-        for v in args:
+        for v in scan:
             if isinstance(v, torch.Tensor):
                 entry = table.get(id(v))
                 if entry is not None and entry[1].token is token and entry[0]() is v:
@@ -439,11 +454,14 @@ class Tracer:
                 self._collect(v, tensors, 1)
         if kwargs:
             self._collect(tuple(kwargs.values()), tensors, 0)
-        previous, self.current = self.current, name
-        try:
+        if self.naming:
+            previous, self.current = self.current, name
+            try:
+                out = func(*args, **kwargs)
+            finally:
+                self.current = previous
+        else:
             out = func(*args, **kwargs)
-        finally:
-            self.current = previous
         if not tensors:
             return out
         if isinstance(out, torch.Tensor):

@@ -97,7 +97,8 @@ def _mixed_loss(pred, target, weight):
     picked = box[torch.arange(box.shape[0]), 0]  # a tensor index: the indexing rule applies
     rounded = torch.round(box).sum()  # a zero-derivative op on a gradient-carrying tensor
     scaled = (target * 2).exp()  # no gradient path at all
-    made += [box, ref, cut, fixed, both, picked, rounded, scaled, box.T, both.mean()]
+    listed, spread = pred[[0, 2]], pred[..., None, 1]  # indices without a tensor: not scanned
+    made += [box, ref, cut, fixed, both, picked, rounded, scaled, box.T, listed, spread, both.mean()]
     return made[-1] + picked.sum() + rounded + ref.sum(), made
 
 
