@@ -73,9 +73,10 @@ class DeviceLayer:
 
     def synchronize(self, device: torch.device) -> None:
         """Wait for the device's queued work, so an asynchronous error surfaces here."""
-        if device.type == "cuda":
+        kind = _kind(device)
+        if kind == "cuda":
             torch.cuda.synchronize(device)
-        elif device.type == "mps":  # pragma: no cover - no mps here
+        elif kind == "mps":  # pragma: no cover - no mps here
             torch.mps.synchronize()
 
     def free_memory(self, device: torch.device) -> None:
@@ -104,6 +105,8 @@ class DeviceLayer:
     def generator(self, device: torch.device) -> torch.Generator | None:
         """The default random generator of a non-CPU `device`, which a draw seeds and restores;
         None for the CPU (seeded on its own) and where the device has none we know of."""
+        if _kind(device) == "cpu":
+            return None
         if device.type == "cuda":
             torch.cuda.init()
             return torch.cuda.default_generators[device.index if device.index is not None
@@ -129,6 +132,18 @@ class DeviceLayer:
     def poisoned_reason(self, device: str) -> str | None:
         """Why this process can no longer use `device`, or None when it still can."""
         return self.poisoned.get(device.partition(":")[0])
+
+
+_KINDS: dict[torch.device, str] = {}
+
+
+def _kind(device: torch.device) -> str:
+    """`device.type`, which torch builds anew as a string at each read (0.8 us, several times a
+    draw), read once a device."""
+    kind = _KINDS.get(device)
+    if kind is None:
+        kind = _KINDS[device] = device.type
+    return kind
 
 
 _LAYER: DeviceLayer | None = None
