@@ -31,21 +31,24 @@ class WriteError(GradauditError):
         self.path = path
 
 
-def write_atomic(path: str | os.PathLike, write: Callable[[IO[str]], None], *, announce=None) -> Path:
+def write_atomic(path: str | os.PathLike, write: Callable[[IO[str]], None], *, announce=None,
+                 durable: bool = True) -> Path:
     """Write a text file through `write(stream)` to a temporary file, then rename it into place.
 
     A run that is killed half-way never leaves a truncated file behind. A symlink is written
     through (its target is replaced, the link stays), and a special file (`/dev/stdout`, a FIFO,
     `/dev/null`) is written directly: renaming onto it would replace the device with a file.
+    `durable=False` skips the fsync: for a checkpoint, which must outlive a crash of this process
+    (the kernel keeps what was written), not of the machine, and is written before every job.
     """
     shown = Path(path)
     try:
-        return _write(shown, write, announce)
+        return _write(shown, write, announce, durable)
     except OSError as exc:
         raise WriteError(shown, exc) from exc
 
 
-def _write(shown: Path, write: Callable[[IO[str]], None], announce) -> Path:
+def _write(shown: Path, write: Callable[[IO[str]], None], announce, durable: bool = True) -> Path:
     target = Path(os.path.realpath(shown))
     if _is_special(target):
         with open(target, "w", encoding="utf-8", newline="\n") as stream:
@@ -61,7 +64,8 @@ def _write(shown: Path, write: Callable[[IO[str]], None], announce) -> Path:
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as stream:
             write(stream)
             stream.flush()
-            os.fsync(stream.fileno())
+            if durable:
+                os.fsync(stream.fileno())
         os.replace(tmp, target)
     except BaseException:
         try:

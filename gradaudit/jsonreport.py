@@ -9,27 +9,47 @@ from pathlib import Path
 from typing import IO
 
 from gradaudit.errors import ResultsError
-from gradaudit.model import SCHEMA, RunResults
+from gradaudit.model import SCHEMA, CaseResult, RunResults
 
 MAX_PROBLEMS = 15  # problems listed for one file: one screen
 SCHEMA_FILE = "results.schema.json"
 
 
-def write_json(results: RunResults, stream: IO[str]) -> None:
+# The JSON line of each result already written, by id, beside the result (which keeps its id
+# its own): a run that rewrites results.json before each job (in-process) encodes each result once.
+Lines = dict[int, tuple[CaseResult, str]]
+
+
+def write_json(results: RunResults, stream: IO[str], lines: Lines | None = None) -> None:
     """Write results as JSON: the run's keys indented, each result on a line of its own.
 
     One line a result keeps a file of thousands of results readable (and diffable by case) while
     the results go through json's C encoder; `indent` would send every value through its pure
-    Python one, about five times slower.
+    Python one, about five times slower. With `lines`, a result seen before (the same object, not
+    changed since: the checkpoints of one run) is not encoded again.
     """
-    data = results.to_dict()
-    rows = data.pop("results")
+    if lines is None:
+        data = results.to_dict()
+        texts = [_encode(row) for row in data.pop("results")]
+    else:
+        data = results.to_dict(with_results=False)
+        texts = [_line(r, lines) for r in results.results]
     head = ",\n".join(f"  {json.dumps(key)}: {_encode(value, indent=2).replace(chr(10), chr(10) + '  ')}"
                        for key, value in data.items())
     stream.write("{\n" + head + ',\n  "results": [')
-    for i, row in enumerate(rows):
-        stream.write(("\n    " if i == 0 else ",\n    ") + _encode(row))
-    stream.write("\n  ]\n}\n" if rows else "]\n}\n")
+    if texts:
+        stream.write("\n    " + ",\n    ".join(texts) + "\n  ]\n}\n")
+    else:
+        stream.write("]\n}\n")
+
+
+def _line(result: CaseResult, lines: Lines) -> str:
+    entry = lines.get(id(result))
+    if entry is not None and entry[0] is result:
+        return entry[1]
+    text = _encode(result.to_dict())
+    lines[id(result)] = (result, text)
+    return text
 
 
 def _encode(value, indent: int | None = None) -> str:

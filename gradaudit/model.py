@@ -365,13 +365,20 @@ class RunResults:
         """Every finding of every result, in result order."""
         return [f for r in self.results for f in r.findings]
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, with_results: bool = True) -> dict[str, Any]:
+        """The run as plain data; `with_results=False` leaves out the results (a writer that
+        encodes them itself)."""
         data = {
             "schema": self.schema, "gradaudit_version": self.gradaudit_version,
             "started_at": self.started_at, "duration_s": round(self.duration_s, 6),
             "environment": self.environment, "config": self.config,
             "summary": self.summary.to_dict(), "results": [r.to_dict() for r in self.results],
             "command": self.command, "interrupted": self.interrupted,
+        } if with_results else {
+            "schema": self.schema, "gradaudit_version": self.gradaudit_version,
+            "started_at": self.started_at, "duration_s": round(self.duration_s, 6),
+            "environment": self.environment, "config": self.config,
+            "summary": self.summary.to_dict(), "command": self.command, "interrupted": self.interrupted,
         }
         if self.baseline:
             data["baseline"] = self.baseline

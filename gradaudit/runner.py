@@ -217,28 +217,47 @@ def run(config: Config, options: RunOptions,
     t0 = time.perf_counter()
     done: dict[int, CaseResult] = {}
     environment: dict | None = None
+    # The skip result of each job not run yet (and the crash result of the job running), made once:
+    # the checkpoints before each job of an in-process run show the same objects, which their
+    # writer then encodes only once.
+    waiting: dict[tuple[int, str], CaseResult] = {}
+
+    # The jobs in the order of their results (RunResults.sort: case, then device), once.
+    order = sorted(range(len(jobs)), key=lambda i: (jobs[i].spec.name, jobs[i].device))
 
     def results_now(running: int | None = None) -> RunResults:
         results = []
-        for index, job in enumerate(jobs):
+        for index in order:
+            job = jobs[index]
             if index in done:
                 results.append(done[index])
             elif index == running:
                 from gradaudit.model import ErrorInfo
                 from gradaudit.workers import lost
 
-                results.append(lost(job.spec, job.device, config.display_path, 0.0,
-                                    ErrorInfo(type="Crash", message=IN_PROCESS_DIED)))
+                result = waiting.get((index, IN_PROCESS_DIED))
+                if result is None:
+                    result = waiting[(index, IN_PROCESS_DIED)] = lost(
+                        job.spec, job.device, config.display_path, 0.0,
+                        ErrorInfo(type="Crash", message=IN_PROCESS_DIED))
+                results.append(result)
             else:
-                results.append(skipped(job.spec, job.device, NOT_STARTED if failure else NOT_RUN,
-                                       config.display_path))
+                reason = NOT_STARTED if failure else NOT_RUN
+                result = waiting.get((index, reason))
+                if result is None:
+                    result = waiting[(index, reason)] = skipped(job.spec, job.device, reason,
+                                                                config.display_path)
+                results.append(result)
         run_results = RunResults(
             results=results, gradaudit_version=__version__,
             started_at=started.isoformat(timespec="seconds"), duration_s=time.perf_counter() - t0,
             environment=environment or {}, config={"path": config.display_path, "sha256": config.sha256},
             command=options.command, interrupted=len(done) < len(jobs),
         )
-        run_results.sort()
+        # Built in RunResults.sort's order (a stable sort of the same keys): a checkpoint, before
+        # each job of an in-process run, is not sorted again; the run's results are, to be sure.
+        if running is None:
+            run_results.sort()
         return run_results
 
     pool = None
