@@ -63,7 +63,7 @@ PHASES = textwrap.dedent('''
         dumps = sorted((os.path.join(folder, f) for f in os.listdir(folder) if f.count(".") == 3),
                        key=lambda f: int(f.rsplit(".", 1)[1]))
         for line in open(dumps[-1]):
-            if line.startswith(("summary:", "totals:")):
+            if line.startswith("totals:"):  # this dump's count ("summary:" is not it after a zero)
                 return int(line.split()[1])
         raise SystemExit("no totals in " + dumps[-1])
 
@@ -143,17 +143,21 @@ PHASES = textwrap.dedent('''
 ''')
 
 
-def under_callgrind(args: list[str], folder: Path) -> dict:
-    """Run PHASES under callgrind (collection off at start) and return what it printed."""
+def under_callgrind(args: list[str], folder: Path) -> subprocess.Popen:
+    """Start PHASES under callgrind (collection off at start); `result` reads what it printed."""
     env = {**os.environ, "GA_CALLGRIND_DIR": str(folder)}
     cmd = ["valgrind", "--tool=callgrind", "--instr-atstart=no",
            f"--callgrind-out-file={folder}/callgrind.out.%p", sys.executable, "-c", PHASES,
            str(HERE.parent), str(HERE), *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=folder)
-    for line in proc.stdout.splitlines():
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=folder)
+
+
+def result(proc: subprocess.Popen) -> dict:
+    out, err = proc.communicate()
+    for line in out.splitlines():
         if line.startswith("RESULT "):
             return json.loads(line.removeprefix("RESULT "))
-    raise SystemExit(f"the callgrind run failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}")
+    raise SystemExit(f"the callgrind run failed ({proc.returncode}):\n{out[-2000:]}\n{err[-3000:]}")
 
 
 def main() -> None:
@@ -173,15 +177,14 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory(prefix="ga-instr-") as tmp:
         tmp_path = Path(tmp)
-        rows = {}
-        for name in bench_overhead.LOSSES:
-            folder = tmp_path / name.split()[0]
-            folder.mkdir()
-            rows.update(under_callgrind(["draws", str(draws), name], folder))
+        (tmp_path / "draws").mkdir()
         suite_dir = tmp_path / "suite"
         suite_dir.mkdir()
         config = bench_suite.write_suite(suite_dir, cases)
-        small = under_callgrind(["suite", "1", str(config)], suite_dir)
+        # Two processes side by side (each pays one `import torch` under valgrind, about a minute).
+        draws_run = under_callgrind(["draws", str(draws), *bench_overhead.LOSSES], tmp_path / "draws")
+        suite_run = under_callgrind(["suite", "1", str(config)], suite_dir)
+        rows, small = result(draws_run), result(suite_run)
     print(f"torch {torch.__version__}, Python {sys.version.split()[0]}; user-space instructions under "
           f"callgrind, {draws} draws of each kind (the small cases: {cases} cases, each once)")
     print()
