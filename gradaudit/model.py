@@ -371,15 +371,11 @@ class RunResults:
         data = {
             "schema": self.schema, "gradaudit_version": self.gradaudit_version,
             "started_at": self.started_at, "duration_s": round(self.duration_s, 6),
-            "environment": self.environment, "config": self.config,
-            "summary": self.summary.to_dict(), "results": [r.to_dict() for r in self.results],
-            "command": self.command, "interrupted": self.interrupted,
-        } if with_results else {
-            "schema": self.schema, "gradaudit_version": self.gradaudit_version,
-            "started_at": self.started_at, "duration_s": round(self.duration_s, 6),
-            "environment": self.environment, "config": self.config,
-            "summary": self.summary.to_dict(), "command": self.command, "interrupted": self.interrupted,
+            "environment": self.environment, "config": self.config, "summary": self.summary.to_dict(),
         }
+        if with_results:
+            data["results"] = [r.to_dict() for r in self.results]
+        data["command"], data["interrupted"] = self.command, self.interrupted
         if self.baseline:
             data["baseline"] = self.baseline
         return data
