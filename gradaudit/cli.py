@@ -85,23 +85,6 @@ def check_outputs(out_dir: Path, *files: Path | None) -> None:
             check_file(path, "output")
 
 
-class JsonCheckpoint:
-    """results.json as it would stand if the next job crashed this process, rewritten before each
-    job of an in-process run: each result is encoded once (a rewrite then costs a join and a write,
-    not an encoding of every result so far), and without an fsync (see files.write_atomic)."""
-
-    def __init__(self, paths: list[Path]) -> None:
-        self.paths = paths
-        self.lines: dict = {}
-
-    def __call__(self, results) -> None:
-        from gradaudit.files import write_atomic
-        from gradaudit.jsonreport import write_json
-
-        for path in self.paths:
-            write_atomic(path, lambda s: write_json(results, s, self.lines), durable=False)
-
-
 def write_or_keep(results, out_dir: Path, *args, **kwargs) -> None:
     """Write the reports; if one cannot be written, say so in one line, keep results.json
     somewhere named and exit EXIT_NOT_WRITTEN."""
@@ -238,6 +221,8 @@ def run(
             check_outputs(output, json_path, junit, markdown)
             with locked(output, "-o"):
                 # In-process, a crash kills gradaudit itself: keep results.json current before each job.
+                from gradaudit.jsonreport import JsonCheckpoint
+
                 checkpoint = JsonCheckpoint([output / "results.json", *([json_path] if json_path else [])]) \
                     if no_isolate else None
                 try:

@@ -52,6 +52,22 @@ def _line(result: CaseResult, lines: Lines) -> str:
     return text
 
 
+class JsonCheckpoint:
+    """results.json as it would stand if the next job crashed this process, rewritten before each
+    job of an in-process run: each result is encoded once (a rewrite then costs a join and a write,
+    not an encoding of every result so far), and without an fsync (see files.write_atomic)."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+        self.lines: dict = {}
+
+    def __call__(self, results) -> None:
+        from gradaudit.files import write_atomic
+
+        for path in self.paths:
+            write_atomic(path, lambda s: write_json(results, s, self.lines), durable=False)
+
+
 def _encode(value, indent: int | None = None) -> str:
     """JSON text of a value, NaN and Inf as strings (finite_json) only where there are any."""
     try:

@@ -390,8 +390,9 @@ class Tracer:
         if plain is True:
             return self._plain_call(func, name, args, kwargs, args)
         if plain is _INDEX and (len(args) < 2 or not _holds_tensor(args[1])):
-            # Only the indexed tensor can carry a tag: an index without tensors is not scanned.
-            return self._plain_call(func, name, args, kwargs, args[:1])
+            # An index without tensors carries no tag and is not scanned (the rest still is:
+            # index_put's values).
+            return self._plain_call(func, name, args, kwargs, args[:1] + args[2:])
         tensors: list[Tag] = []
         if name in _NARROWED:
             scan, scan_kwargs = gradient_args(name, args, kwargs)
