@@ -219,6 +219,10 @@ def run(
             if shard:
                 parse_shard(shard)
             check_outputs(output, json_path, junit, markdown)
+            if not no_isolate:
+                from gradaudit.htmlreport import prepare
+
+                prepare()  # the workers are still importing torch: compile the report's template now
             with locked(output, "-o"):
                 # In-process, a crash kills gradaudit itself: keep results.json current before each job.
                 from gradaudit.jsonreport import JsonCheckpoint

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -15,6 +16,7 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import pytest
@@ -1052,3 +1054,158 @@ def test_the_pool_sees_results_and_deaths_with_either_way_of_waiting(audit_confi
     _, doc = audit_config(config, "--jobs", "2", exit_code=1)
     assert {n: r["status"] for n, r in by_case(doc).items()} == {
         "a_good": "pass", "b_crash": "crash", "c_good": "pass", "d_good": "pass"}
+
+
+@pytest.mark.slow
+def test_jobs_queued_deep_behind_a_fault_all_run_elsewhere(audit_config, monkeypatch):
+    """On short jobs a worker gets several jobs ahead (and this process reads their results in
+    batches). When the job it runs crashes, hangs or exits, every job waiting behind it in its
+    pipe goes to a fresh worker and passes with its own verdict; none is blamed or lost."""
+    from gradaudit import workers
+
+    monkeypatch.setattr(workers, "MAX_AHEAD", 4)  # the tail (one ahead) starts at 4 jobs left
+    waiting: dict[str, list[str]] = {}  # the job running when it was lost -> the jobs behind it
+    real_requeue = workers.WorkerPool._requeue
+
+    def requeue(self, w):
+        if w.job is not None and w.queued:
+            waiting[w.job[1].spec.name] = [item[1].spec.name for item, _ in w.queued]
+        return real_requeue(self, w)
+
+    monkeypatch.setattr(workers.WorkerPool, "_requeue", requeue)
+    goods = "".join(f"  - {{name: good{i:02d}, loss: \"faults:good\", inputs: {{x: {{shape: [4]}}}}}}\n"
+                    for i in range(8))
+    faults = ["segfault", "spins_in_python", "exits"]
+    cases = goods + "".join(
+        f"  - {{name: {name}, loss: \"faults:{name}\", inputs: {{x: {{shape: [4]}}}}}}\n"
+        + goods.replace("name: good", f"name: {name}_then_") for name in faults)
+    code, doc = audit_config("defaults: {devices: [cpu], timeout: 2}\ncases:\n" + cases, "--jobs", "1",
+                             exit_code=1)
+    statuses = {name: r["status"] for name, r in by_case(doc).items()}
+    assert len(statuses) == 8 + 3 * 9
+    assert {k: v for k, v in statuses.items() if v != "pass"} == {
+        "segfault": "crash", "spins_in_python": "timeout", "exits": "crash"}
+    # Jobs were waiting behind the first fault (more than one: the queue was deep there), and each
+    # one that waited behind any fault passed.
+    assert len(waiting.get("segfault", [])) >= 2, waiting
+    assert all(statuses[name] == "pass" for behind in waiting.values() for name in behind)
+
+
+def _worker(queued: int, job_s: float, busy: bool = True):
+    from gradaudit import workers
+
+    w = workers._Worker(process=None, conn=None, log_path="", ready=True)
+    w.job = (0, None) if busy else None
+    w.queued.extend(((i, None), 100) for i in range(queued))
+    w.job_s = job_s
+    return w
+
+
+def test_the_pool_waits_for_results_in_batches_only_while_every_busy_worker_has_jobs_waiting():
+    from gradaudit import workers
+
+    fed = [_worker(8, 0.001), _worker(4, 0.001)]
+    wait_s = workers.WorkerPool._coalescing(fed)
+    # Woken before the shortest queue runs dry (4 jobs of 1 ms: at half of it), never later than COALESCE_S.
+    assert wait_s == pytest.approx(0.002)
+    assert workers.WorkerPool._coalescing([_worker(16, 0.05)]) == workers.COALESCE_S
+    # A busy worker with fewer than two jobs waiting: wait for the first message, as without batches.
+    assert workers.WorkerPool._coalescing(fed + [_worker(1, 0.001)]) is None
+    assert workers.WorkerPool._coalescing([]) is None
+
+
+def test_how_many_jobs_a_worker_gets_ahead():
+    from gradaudit import workers
+
+    pool = workers.WorkerPool.__new__(workers.WorkerPool)
+    pool.workers = [_worker(0, 0.001), _worker(0, 0.001)]
+    w = pool.workers[0]
+    w.last_s = 0.001
+    pool._pending = deque(range(1000))
+    # Enough for twice COALESCE_S of 1 ms jobs, capped at MAX_AHEAD.
+    assert pool._ahead_wanted(w) == min(workers.MAX_AHEAD, 1 + math.ceil(2 * workers.COALESCE_S / 0.001))
+    w.job_s = 0.05
+    assert pool._ahead_wanted(w) == 2  # a slower job: fewer ahead
+    pool._pending = deque(range(2 * workers.MAX_AHEAD))
+    assert pool._ahead_wanted(w) == 1  # near the tail: one
+    pool._pending = deque(range(2))
+    assert pool._ahead_wanted(w) == 0  # at the tail: none
+    pool._pending = deque(range(1000))
+    w.last_s = workers.AHEAD_BELOW_S
+    assert pool._ahead_wanted(w) == 0  # a long job: none
+
+
+def test_jobs_sent_ahead_stay_within_what_a_pipe_holds():
+    """Jobs waiting in a worker's pipe stay under AHEAD_BYTES: this process never blocks sending to
+    a worker that is itself blocked sending a result this process is not reading yet."""
+    from types import SimpleNamespace
+
+    from gradaudit import workers
+    from gradaudit.config import CaseSpec
+
+    sent: list[bytes] = []
+    w = _worker(0, 0.001)
+    w.conn = SimpleNamespace(send_bytes=sent.append)
+    pool = workers.WorkerPool.__new__(workers.WorkerPool)
+
+    def job(name: str, payload: int):
+        spec = CaseSpec(name=name, base_name=name, loss="m:f", inputs=[], kwargs={"pad": "x" * payload})
+        return SimpleNamespace(spec=spec, device="cpu")
+
+    small = [(i, job(f"small{i}", 100)) for i in range(3)]
+    assert all(pool._send(w, item, ahead=True) for item in small)
+    big = (9, job("big", workers.AHEAD_BYTES))
+    assert not pool._send(w, big, ahead=True)  # would pass the budget: kept for later
+    assert [item for item, _ in w.queued] == small and len(sent) == 3
+    assert w.queued_bytes == sum(len(b) for b in sent) <= workers.AHEAD_BYTES
+    alone = _worker(0, 0.001)
+    alone.conn = SimpleNamespace(send_bytes=sent.append)
+    assert pool._send(alone, big, ahead=True)  # the first job ahead goes whatever its size
+
+
+def test_the_forkserver_exits_without_the_interpreters_teardown(tmp_path):
+    """The forkserver imports `gradaudit._preload`; at its exit it flushes what it printed and
+    skips the teardown (a third of a second with torch loaded, during which it would keep the
+    caller's output pipe open): the exit handlers registered before it (torch's, multiprocessing's)
+    do not run. A plain process shows what is skipped."""
+    code = textwrap.dedent("""
+        import atexit, sys
+        atexit.register(lambda: open(sys.argv[2], "w").write("torn down"))
+        if sys.argv[1] == "preload":
+            import gradaudit._preload
+        print("printed, not flushed", end="")
+        """)
+    for mode in ("plain", "preload"):
+        marker = tmp_path / f"{mode}.txt"
+        proc = subprocess.run([sys.executable, "-c", code, mode, str(marker)], capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout == "printed, not flushed"
+        assert marker.exists() == (mode == "plain")
+
+
+def test_the_report_template_is_compiled_while_the_workers_start(audit_config, monkeypatch):
+    """A run compiles the report's template before it starts its workers (the wait for their
+    `import torch` is idle time here), once, and writes the report from that compiled template."""
+    from gradaudit import htmlreport, workers
+
+    htmlreport.report_template.cache_clear()
+    seen: list[int] = []
+    real_start = workers.WorkerPool.start
+
+    def start(self, n_jobs):
+        seen.append(htmlreport.report_template.cache_info().currsize)
+        return real_start(self, n_jobs)
+
+    monkeypatch.setattr(workers.WorkerPool, "start", start)
+    compiled: list[str] = []
+    real_environment = htmlreport.environment
+    monkeypatch.setattr(htmlreport, "environment", lambda: compiled.append("env") or real_environment())
+    _, doc = audit_config("""
+        defaults: {devices: [cpu]}
+        cases:
+          - {name: good, loss: "faults:good", inputs: {x: {shape: [4]}}}
+        """)
+    assert seen and seen[0] == 1  # compiled before the pool started
+    assert compiled == ["env"]  # and only then
+    assert by_case(doc)["good"]["status"] == "pass"
