@@ -1,5 +1,5 @@
 """`python -m gradaudit` runs the command line."""
 
-from gradaudit.launch import main
+from gradaudit.launch import console
 
-main()
+console()

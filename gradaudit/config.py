@@ -15,13 +15,14 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any
 
 from gradaudit import schema
 from gradaudit.errors import ConfigError, UsageError
 from gradaudit.findings import FINDINGS
+
+if TYPE_CHECKING:  # PyYAML is imported where a config is read: workers get parsed specs
+    import yaml
 
 NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
@@ -160,7 +161,7 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, path: tuple, marks: _Marks,
         raise _TooBig(_at(display, node.start_mark, _dotted(path[:3]) + " ...",
                           f"nested more than {MAX_DEPTH} levels deep"))
     marks.value[path] = node.start_mark
-    if isinstance(node, (yaml.MappingNode, yaml.SequenceNode)):
+    if node.id in ("mapping", "sequence"):  # yaml.MappingNode, yaml.SequenceNode
         if id(node) in budget.open:
             raise _TooBig(_at(display, node.start_mark, _dotted(path),
                               "a YAML alias refers to a block that contains it (a recursive alias)"))
@@ -174,10 +175,10 @@ def _build(loader: yaml.SafeLoader, node: yaml.Node, path: tuple, marks: _Marks,
 
 def _build_collection(loader, node, path: tuple, marks: _Marks, problems: list, display: str,
                       budget: _Budget) -> Any:
-    if isinstance(node, yaml.MappingNode):
+    if node.id == "mapping":
         data: dict[Any, Any] = {}
         for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
+            if key_node.id != "scalar":
                 problems.append(_at(display, key_node.start_mark, _dotted(path), "a key must be a name"))
                 continue
             key = loader.construct_object(key_node, deep=True)
@@ -262,6 +263,8 @@ def load_config(path: str | Path, display_path: str | None = None) -> Config:
     except OSError as exc:
         raise ConfigError(display, [f"{display}: cannot read the config: {exc.strerror or exc}"]) from None
     text = raw.decode("utf-8", errors="replace")
+    import yaml
+
     marks = _Marks()
     problems: list[str] = []
     try:

@@ -1209,3 +1209,56 @@ def test_the_report_template_is_compiled_while_the_workers_start(audit_config, m
     assert seen and seen[0] == 1  # compiled before the pool started
     assert compiled == ["env"]  # and only then
     assert by_case(doc)["good"]["status"] == "pass"
+
+
+@pytest.mark.slow
+def test_a_run_with_workers_exits_quickly_and_keeps_its_code_output_and_cleanup(tmp_path, short_tmp):
+    """After a run with workers the console script skips the interpreter's teardown: its exit code,
+    its last printed line and the exit handlers (multiprocessing removing its socket's folder from
+    TMPDIR) are all still there. The exit is taken through `quick_exit` (seen in-process)."""
+    config = tmp_path / "c.yaml"
+    config.write_text(f"version: 1\nsys_path: [{LOSSES}]\ndefaults: {{devices: [cpu]}}\ncases:\n"
+                      "  - {name: good, loss: \"faults:good\", inputs: {x: {shape: [4]}}}\n"
+                      "  - {name: raises, loss: \"faults:raises\", inputs: {x: {shape: [4]}}}\n")
+    proc = run_gradaudit("run", config, "-o", tmp_path / "out", env={"TMPDIR": str(short_tmp)})
+    assert proc.returncode == 1, proc.stderr  # a failing case: exit 1, as without the quick exit
+    assert proc.stdout.rstrip().splitlines()[-1].startswith("gradaudit: FAILED"), proc.stdout
+    assert not [p.name for p in short_tmp.iterdir() if p.name.startswith("pymp-")]
+
+
+def test_the_console_script_takes_the_quick_exit_only_after_a_run_with_workers(monkeypatch):
+    from gradaudit import launch
+
+    exits: list[int] = []
+    monkeypatch.setattr(launch, "quick_exit", exits.append)
+
+    def main_exiting(code):
+        def main():
+            raise SystemExit(code)
+        return main
+
+    for argv, code, quick in ((["run", "c.yaml"], 1, True), (["run", "c.yaml", "--no-isolate"], 1, False),
+                              (["validate", "c.yaml"], 0, False), (["run", "--help"], 0, False)):
+        monkeypatch.setattr(sys, "argv", ["gradaudit", *argv])
+        monkeypatch.setattr(launch, "main", main_exiting(code))
+        exits.clear()
+        if quick:
+            launch.console()
+            assert exits == [code]
+        else:
+            with pytest.raises(SystemExit) as stop:
+                launch.console()
+            assert stop.value.code == code and exits == []
+    # A thread the interpreter would wait for: the usual exit, which waits for it.
+    monkeypatch.setattr(sys, "argv", ["gradaudit", "run", "c.yaml"])
+    monkeypatch.setattr(launch, "main", main_exiting(0))
+    release = threading.Event()
+    worker = threading.Thread(target=release.wait)
+    worker.start()
+    try:
+        with pytest.raises(SystemExit):
+            launch.console()
+    finally:
+        release.set()
+        worker.join()
+    assert exits == []
