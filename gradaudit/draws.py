@@ -1,7 +1,7 @@
 """The draw loop: call the loss on fresh draws until the tracks have said enough; record what it did.
 
-Each draw goes through the case's `LossCall` with the observers' contexts around it (the tracer
-of the first draw); its gradients feed one `Track` per audited tensor, and the case's `StopRule`
+Each draw goes through the case's `LossCall` with the observers' contexts around its forward (the
+tracer of the first draw); its gradients feed one `Track` per audited tensor, and the case's `StopRule`
 says when to stop. What the loss returned and how a draw failed are recorded as plain facts in a
 `DrawRecord`; the explanations turn them into findings.
 """
@@ -23,7 +23,8 @@ from gradaudit.tracks import MAX_DRAWS, StopRule, Track
 
 
 class Observer(Protocol):
-    """Watches the draws of a case (the tracer): a context around each, and the loss returned."""
+    """Watches the draws of a case (the tracer): a context around each draw's forward, and the loss
+    returned."""
 
     def draw_context(self, draw: int, inputs: DrawInputs) -> contextlib.AbstractContextManager[Any]: ...
 
@@ -96,7 +97,7 @@ class DrawLoop:
         return record
 
     def _observed(self, draw: int, inputs: DrawInputs) -> contextlib.AbstractContextManager[Any]:
-        """The observers' contexts around a draw (the common cases, none or one, without a stack)."""
+        """The observers' contexts around a draw's forward (the common cases, none or one, without a stack)."""
         if not self.observers:
             return contextlib.nullcontext()
         if len(self.observers) == 1:
@@ -113,7 +114,7 @@ class DrawLoop:
     def one(self, draw: int) -> bool:
         """Run one draw; False when the audit must stop (an error, or a loss with no graph)."""
         record = self.record
-        out = self.call.run(draw, grads=True, mode=lambda inputs: self._observed(draw, inputs))
+        out = self.call.run(draw, grads=True, forward_mode=lambda inputs: self._observed(draw, inputs))
         self._keep_warnings(out)
         if out.stage in ("inputs", "forward"):
             record.failure = out

@@ -246,11 +246,15 @@ class LossCall:
         return contextlib.nullcontext() if self._holding else callers_random_state(generator)
 
     def run(self, draw: int, *, grads: bool, mode: Mode | None = None,
-            before_backward: Callable[[torch.Tensor], Any] | None = None) -> DrawOutcome:
+            before_backward: Callable[[torch.Tensor], Any] | None = None,
+            forward_mode: Mode | None = None) -> DrawOutcome:
         """Run draw `draw`: its inputs, the loss under its seeding, then (with `grads`) backward.
 
-        `mode` wraps the forward and backward; `before_backward` sees the scalar loss first (to
-        hook its graph). Backward runs only on a tensor that requires grad, as `loss.backward()`
+        `mode` wraps the forward and backward (a witness: anomaly mode, saved-tensor hooks);
+        `forward_mode` wraps the forward alone (the draw loop's observers, which watch the loss's
+        own calls: under a function mode, `loss.backward()` and each `.grad` would go through its
+        Python dispatch for nothing); `before_backward` sees the scalar loss first (to hook its
+        graph). Backward runs only on a tensor that requires grad, as `loss.backward()`
         (it walks the whole graph, as training does). Errors come back in the outcome, with
         their stage; the caller's random state and warning filters are kept.
         """
@@ -267,16 +271,17 @@ class LossCall:
                 return out
             seed_all(self.seed_of(draw), generator)
             with mode(out.inputs) if mode is not None else contextlib.nullcontext():
-                try:
-                    out.value, out.picked = self._forward(out.inputs.received)
-                    # An asynchronous device error of the forward surfaces here, not in a later case.
-                    self.layer.synchronize(self.device)
-                except Exception as exc:  # noqa: BLE001 - the loss's failure is a finding
-                    out.error, out.stage = exc, "forward"
-                    return out
-                value = out.value
-                if grads and isinstance(value, torch.Tensor):
-                    out.loss = value if value.dim() == 0 and value.numel() == 1 else value.sum()
+                with forward_mode(out.inputs) if forward_mode is not None else contextlib.nullcontext():
+                    try:
+                        out.value, out.picked = self._forward(out.inputs.received)
+                        # An asynchronous device error of the forward surfaces here, not in a later case.
+                        self.layer.synchronize(self.device)
+                    except Exception as exc:  # noqa: BLE001 - the loss's failure is a finding
+                        out.error, out.stage = exc, "forward"
+                        return out
+                    value = out.value
+                    if grads and isinstance(value, torch.Tensor):
+                        out.loss = value if value.dim() == 0 and value.numel() == 1 else value.sum()
                 if out.loss is not None and out.loss.requires_grad:
                     if before_backward is not None:
                         before_backward(out.loss)

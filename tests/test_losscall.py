@@ -160,3 +160,31 @@ def test_in_a_worker_every_case_leaves_one_fixed_random_state(monkeypatch):
     gradaudit.audit(training_inputs.noisy_passing, {"x": Spec(shape=(4,))}, devices=["cpu"])
     got = _state()
     assert torch.equal(got[0], caller[0]) and got[1:] == caller[1:] and got[1] != fixed[1]
+
+
+def test_a_forward_mode_wraps_the_forward_alone_and_a_mode_the_backward_too():
+    """The draw loop's observers (the tracer's function mode) watch the loss's own calls:
+    `forward_mode` ends before backward, where `loss.backward()` and each `.grad` would only go
+    through a function mode's Python dispatch. A witness's `mode` (anomaly mode, saved-tensor
+    hooks) must still hold during backward, and does."""
+    import contextlib
+
+    active: list[str] = []
+    during_backward: list[list[str]] = []
+
+    def watched(x):
+        x.register_hook(lambda g: during_backward.append(list(active)))
+        return (x * x).sum()
+
+    @contextlib.contextmanager
+    def context(name):
+        active.append(name)
+        try:
+            yield
+        finally:
+            active.remove(name)
+
+    call = _call(watched, leaf=True)
+    out = call.run(0, grads=True, mode=lambda _: context("mode"), forward_mode=lambda _: context("forward"))
+    assert out.backward and out.grads["x"] is not None
+    assert during_backward == [["mode"]]
