@@ -86,6 +86,8 @@ class DrawLoop:
         self.keep_first = keep_first  # keep draw 0's loss and gradients for a parity check
         self.record = DrawRecord(tracks=tracks_of(call))
         self.rule = StopRule(self.record.tracks, spec)
+        # The observers that compare draws (a compiled entry's eager twin), looked up once.
+        self._draw_done = [done for obs in observers if (done := getattr(obs, "draw_done", None)) is not None]
 
     def run(self) -> DrawRecord:
         record = self.record
@@ -130,10 +132,8 @@ class DrawLoop:
             record.first = (out.loss.detach().to("cpu", copy=True),
                             {n: g.detach().to("cpu", copy=True) if g is not None else None
                              for n, g in out.grads.items()})
-        for obs in self.observers:  # an observer that compares draws (a compiled entry's eager twin)
-            done = getattr(obs, "draw_done", None)
-            if done is not None:
-                done(out)
+        for done in self._draw_done:
+            done(out)
         # Last: the gradients are this draw's own (fresh .grad of our leaves), read by nothing after
         # this, so each track may overwrite its gradient while it counts it.
         for name, track in record.tracks.items():

@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import random
+import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import AbstractContextManager
@@ -114,19 +115,33 @@ def kept_random_state(device_generator: torch.Generator | None = None) -> Iterat
             numpy.random.set_state(np_state)
 
 
-@contextlib.contextmanager
-def captured_warnings() -> Iterator[list[warnings.WarningMessage]]:
+def captured_warnings() -> AbstractContextManager[list[warnings.WarningMessage]]:
     """Record the loss's warnings, every time (torch's warn-once ones too), never raising them."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        # torch warns some things once per process: which case would see them would then
-        # depend on which worker ran what before it.
-        always = torch.is_warn_always_enabled()
-        torch.set_warn_always(True)
+    return _CapturedWarnings()
+
+
+class _CapturedWarnings:
+    """`captured_warnings()`, entered around every draw: a plain class, not a generator."""
+
+    def __enter__(self) -> list[warnings.WarningMessage]:
+        self._catching = warnings.catch_warnings(record=True)
+        caught = self._catching.__enter__()
         try:
-            yield caught
+            warnings.simplefilter("always")
+            # torch warns some things once per process: which case would see them would then
+            # depend on which worker ran what before it.
+            self._always = torch.is_warn_always_enabled()
+            torch.set_warn_always(True)
+        except BaseException:
+            self._catching.__exit__(*sys.exc_info())
+            raise
+        return caught
+
+    def __exit__(self, *exc_info: Any) -> None:
+        try:
+            torch.set_warn_always(self._always)
         finally:
-            torch.set_warn_always(always)
+            self._catching.__exit__(*exc_info)
 
 
 def pick_loss(out: Any) -> tuple[Any, str | None]:

@@ -329,9 +329,8 @@ class Tracer:
     def set_tag(self, t: torch.Tensor, tag: Tag) -> None:
         self._tags[id(t)] = (weakref.ref(t), tag)
 
-    @contextlib.contextmanager
     def tracing(self, inputs: Mapping[str, torch.Tensor], leaves: Mapping[str, torch.Tensor] | None = None,
-                versions: bool = False):
+                versions: bool = False) -> contextlib.AbstractContextManager[Any]:
         """Trace a draw: `inputs` are the tensors the loss receives, `leaves` the audited leaves
         behind them (and the module's parameters); with `versions`, also check saved tensors'
         versions.
@@ -340,15 +339,19 @@ class Tracer:
         the normal path leaves saved tensors to torch, whose own check then stands.
         """
         self.start_draw(inputs, leaves or {})
-        self.naming = versions
-        with contextlib.ExitStack() as stack:
-            if versions:
-                stack.enter_context(torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack))
-            stack.enter_context(_Mode(self))
-            try:
+        if not versions:  # a verdict draw: the function mode alone, entered without a generator
+            self.naming = False
+            return _Mode(self)
+        return self._versioned()
+
+    @contextlib.contextmanager
+    def _versioned(self):
+        self.naming = True
+        try:
+            with torch.autograd.graph.saved_tensors_hooks(self.pack, self.unpack), _Mode(self):
                 yield self
-            finally:
-                self.naming = False
+        finally:
+            self.naming = False
 
     def start_draw(self, inputs: Mapping[str, torch.Tensor], leaves: Mapping[str, torch.Tensor]) -> None:
         self.token = object()
