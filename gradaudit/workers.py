@@ -7,6 +7,9 @@ each worker owns one duplex pipe; the parent sends jobs (a few ahead, in order, 
 short), waits on every pipe and every process sentinel at once (or, while every busy worker has jobs
 waiting, on the sentinels and the clock, then reads the results that came), and so knows at each
 moment which job each worker runs, when it must finish, and that a worker died while running it.
+Jobs sent ahead behind one that turns out long are taken back (through a serial each worker notes
+in shared memory as it starts a job, under a lock), so a block of long jobs in a suite of short
+ones is spread over the workers as it would be one job at a time.
 
 Workers start from a `forkserver` that imported torch once (`spawn` where there is no forkserver),
 never by plain `fork`: CUDA cannot be initialised again in a forked child, and the forkserver itself
@@ -66,7 +69,8 @@ AHEAD_BELOW_S = 0.25
 # twice COALESCE_S (at most MAX_AHEAD, and at most AHEAD_BYTES of them in its pipe, which holds
 # 64 KiB), and while every busy worker has jobs waiting this process wakes every COALESCE_S or so
 # and reads all the results that came, instead of waking at each result: on a 2-core machine each
-# wake-up takes a core from a worker (0.15 ms a result, a sixth of a small case's audit).
+# wake-up takes a core from a worker (0.15 ms a result, a sixth of a small case's audit). The jobs
+# waiting behind one that runs AHEAD_BELOW_S are taken back (WorkerPool._revoke).
 COALESCE_S = 0.01
 MAX_AHEAD = 16
 AHEAD_BYTES = 32 * 1024
@@ -247,11 +251,14 @@ def _location_of_dump(text: str, root: Path | None) -> str:
 
 # -- the worker process -----------------------------------------------------------------------------
 
-def _worker_main(conn, setup: WorkerSetup, log_path: str, describe: bool = False) -> None:
+def _worker_main(conn, setup: WorkerSetup, log_path: str, describe: bool = False, starts=None,
+                 lock=None) -> None:
     """A worker's life: set up once, then audit jobs until told to stop or the pipe closes.
 
     The worker asked to `describe` sends the run's environment block with its first message, so
-    the parent process never imports torch (nor initialises CUDA) itself.
+    the parent process never imports torch (nor initialises CUDA) itself. In `starts` (shared,
+    under `lock`) it notes the serial of each job it starts, and skips, answering "revoked", a job
+    the parent took back before it started (see `WorkerPool._revoke`).
     """
     log_fd = _become_worker(log_path)
     import torch
@@ -279,7 +286,10 @@ def _worker_main(conn, setup: WorkerSetup, log_path: str, describe: bool = False
             return
         if message is None:
             return
-        index, spec, device = message
+        index, spec, device, serial = message
+        if starts is not None and not _starting(starts, lock, serial):
+            conn.send(("revoked", index))
+            continue
         _fresh_log(log_fd)
         result = audit_job(spec, device, ctx)
         changes = fresh.changes()
@@ -300,6 +310,15 @@ def _worker_main(conn, setup: WorkerSetup, log_path: str, describe: bool = False
             conn.send(("done", index, result, leaving, time.monotonic()))
         if leaving:
             return
+
+
+def _starting(starts: Any, lock: Any, serial: int) -> bool:
+    """Note that the job sent as `serial` starts now; False where the parent revoked it first."""
+    with lock:
+        if serial <= starts[1]:
+            return False
+        starts[0] = serial
+        return True
 
 
 def _become_worker(log_path: str) -> int:
@@ -434,7 +453,7 @@ class _Worker:
     ready: bool = False
     leaving: bool = False  # it will exit after its last result (a poisoned device context)
     job: tuple[int, Any] | None = None  # (index, Job) while busy
-    # The next jobs, already in its pipe, in order, with their size there (see WorkerPool.results).
+    # The next jobs, already in its pipe, in order: (item, its size there, its serial).
     queued: deque = field(default_factory=deque)
     queued_bytes: int = 0
     started: float = 0.0
@@ -442,6 +461,12 @@ class _Worker:
     last_s: float = math.inf  # how long its last job took
     job_s: float = math.inf  # how long its recent jobs took (a moving average)
     readiness: _Readiness | None = None
+    # Shared with the worker: [serial of the job it started last, serials revoked up to]; None
+    # where shared memory could not be made (no jobs then go deeper than one ahead).
+    starts: Any = None
+    lock: Any = None
+    sent: int = 0  # serials of the jobs sent to it so far
+    revoked_to: int = 0  # the last serial revoked
 
 
 class _Readiness:
@@ -524,7 +549,9 @@ class WorkerPool:
         left = len(self._pending)
         if w.last_s >= AHEAD_BELOW_S or left <= len(self.workers):
             return 0
-        if left <= len(self.workers) * MAX_AHEAD:  # near the tail: one, as the others may soon idle
+        if w.job is not None and time.monotonic() - w.started >= AHEAD_BELOW_S:
+            return 0  # the job it runs turned out long: nothing more behind it
+        if left <= len(self.workers) * MAX_AHEAD or w.starts is None:  # near the tail: one
             return 1
         return min(MAX_AHEAD, 1 + math.ceil(2 * COALESCE_S / max(w.job_s, 1e-4)))
 
@@ -534,12 +561,17 @@ class WorkerPool:
         parent, child = self.mp.Pipe(duplex=True)
         # One worker describes the environment; another is asked only if that one died first.
         describe = self.environment is None and not any(w.describes for w in self.workers)
-        process = self.mp.Process(target=_worker_main, args=(child, self.setup, log_path, describe),
+        try:
+            starts, lock = self.mp.RawArray("q", 2), self.mp.Lock()
+        except OSError:  # no shared memory here: jobs go at most one ahead, never revoked
+            starts = lock = None
+        process = self.mp.Process(target=_worker_main, args=(child, self.setup, log_path, describe, starts, lock),
                                   name=f"gradaudit-worker-{self._serial}", daemon=True)
         with without_main_script(), passive_openmp():
             process.start()
         child.close()
-        w = _Worker(process, parent, log_path, describes=describe, readiness=_Readiness(parent, process.sentinel))
+        w = _Worker(process, parent, log_path, describes=describe, readiness=_Readiness(parent, process.sentinel),
+                    starts=starts, lock=lock)
         if self._selector is not None:
             self._selector.register(parent, selectors.EVENT_READ, w)
             self._selector.register(process.sentinel, selectors.EVENT_READ, w)
@@ -549,14 +581,15 @@ class WorkerPool:
         """Send `item` to `w`: to run now, or `ahead` behind what it has. False: not sent (ahead,
         the job would pass the bytes a worker's pipe may hold of waiting jobs)."""
         index, job = item
-        data = ForkingPickler.dumps((index, job.spec, job.device))
+        data = ForkingPickler.dumps((index, job.spec, job.device, w.sent + 1))
         if ahead:
             if w.queued and w.queued_bytes + len(data) > AHEAD_BYTES:
                 return False
-            w.queued.append((item, len(data)))
+            w.queued.append((item, len(data), w.sent + 1))
             w.queued_bytes += len(data)
         else:
             self._begin(w, item, time.monotonic())
+        w.sent += 1
         try:
             w.conn.send_bytes(data)
         except (BrokenPipeError, OSError):
@@ -579,21 +612,44 @@ class WorkerPool:
         if w.leaving or w.readiness.exited(w.process):
             self._requeue(w)
             return
-        item, size = w.queued.popleft()
+        item, size, _ = w.queued.popleft()
         w.queued_bytes -= size
         self._begin(w, item, at)
 
     def _requeue(self, w: _Worker) -> None:
         """A worker that is gone never ran the jobs sent ahead to it: other workers will."""
-        self._pending.extendleft(item for item, _ in reversed(w.queued))
+        self._pending.extendleft(item for item, _, _ in reversed(w.queued))
         w.queued.clear()
         w.queued_bytes = 0
+
+    def _revoke(self, w: _Worker) -> None:
+        """`w`'s job has run AHEAD_BELOW_S: take back the jobs sent ahead behind it that it has not
+        started (it skips them, answering "revoked"), for any worker to run. Under the lock shared
+        with it, so each job is either started there or taken back, never both."""
+        with w.lock:
+            running = w.starts[0]
+            w.starts[1] = w.revoked_to = w.sent
+        back = [entry for entry in w.queued if entry[2] > running]
+        if not back:
+            return
+        w.queued = deque(entry for entry in w.queued if entry[2] <= running)
+        w.queued_bytes = sum(size for _, size, _ in w.queued)
+        self._pending.extendleft(item for item, _, _ in reversed(back))
+
+    @staticmethod
+    def _revocable(w: _Worker) -> bool:
+        """Jobs wait behind `w`'s job that were sent after its last revocation."""
+        return w.starts is not None and bool(w.queued) and w.queued[-1][2] > w.revoked_to
 
     def _step(self) -> Iterator[tuple[int, CaseResult]]:
         busy = [w for w in self.workers if w.job]
         # An infinite (or astronomically long) timeout never passes; select() takes bounded waits.
         now = time.monotonic()
         timeout = min(MAX_WAIT_S, max(0.0, min(w.deadline for w in busy) - now)) if busy else None
+        # Wake when a job with others waiting behind it turns long (AHEAD_BELOW_S), to take them back.
+        revoke_at = [w.started + AHEAD_BELOW_S - now for w in busy if self._revocable(w)]
+        if revoke_at:
+            timeout = max(0.0, min(revoke_at)) if timeout is None else min(timeout, max(0.0, min(revoke_at)))
         coalesce = self._coalescing(busy)
         if coalesce is not None:
             # Every busy worker has jobs waiting: wait for a death or the time, then read them all.
@@ -612,6 +668,8 @@ class WorkerPool:
         for w in list(self.workers):
             if w.job and now >= w.deadline:
                 yield self._time_out(w)
+            elif w.job and now - w.started >= AHEAD_BELOW_S and self._revocable(w):
+                self._revoke(w)
 
     @staticmethod
     def _coalescing(busy: list[_Worker]) -> float | None:
@@ -639,7 +697,9 @@ class WorkerPool:
         try:
             while w.readiness.readable():
                 message = w.conn.recv()
-                if message[0] == "ready":
+                if message[0] == "revoked":
+                    pass  # a job taken back before it started (`_revoke`): queued again already
+                elif message[0] == "ready":
                     w.ready = True
                     self.start_failures = 0
                     if message[2] is not None:

@@ -1069,7 +1069,7 @@ def test_jobs_queued_deep_behind_a_fault_all_run_elsewhere(audit_config, monkeyp
 
     def requeue(self, w):
         if w.job is not None and w.queued:
-            waiting[w.job[1].spec.name] = [item[1].spec.name for item, _ in w.queued]
+            waiting[w.job[1].spec.name] = [item[1].spec.name for item, _, _ in w.queued]
         return real_requeue(self, w)
 
     monkeypatch.setattr(workers.WorkerPool, "_requeue", requeue)
@@ -1094,9 +1094,11 @@ def test_jobs_queued_deep_behind_a_fault_all_run_elsewhere(audit_config, monkeyp
 def _worker(queued: int, job_s: float, busy: bool = True):
     from gradaudit import workers
 
-    w = workers._Worker(process=None, conn=None, log_path="", ready=True)
+    w = workers._Worker(process=None, conn=None, log_path="", ready=True, starts=[0, 0], lock=threading.Lock())
     w.job = (0, None) if busy else None
-    w.queued.extend(((i, None), 100) for i in range(queued))
+    w.started = time.monotonic()
+    w.queued.extend(((i, None), 100, i + 1) for i in range(queued))
+    w.sent = queued
     w.job_s = job_s
     return w
 
@@ -1156,7 +1158,7 @@ def test_jobs_sent_ahead_stay_within_what_a_pipe_holds():
     assert all(pool._send(w, item, ahead=True) for item in small)
     big = (9, job("big", workers.AHEAD_BYTES))
     assert not pool._send(w, big, ahead=True)  # would pass the budget: kept for later
-    assert [item for item, _ in w.queued] == small and len(sent) == 3
+    assert [item for item, _, _ in w.queued] == small and len(sent) == 3
     assert w.queued_bytes == sum(len(b) for b in sent) <= workers.AHEAD_BYTES
     alone = _worker(0, 0.001)
     alone.conn = SimpleNamespace(send_bytes=sent.append)
@@ -1262,3 +1264,73 @@ def test_the_console_script_takes_the_quick_exit_only_after_a_run_with_workers(m
         release.set()
         worker.join()
     assert exits == []
+
+
+def test_no_job_goes_ahead_behind_a_long_one_and_those_waiting_are_taken_back():
+    """A job sent ahead assumed the one before it would be short. Once that one has run
+    AHEAD_BELOW_S, nothing more goes behind it, and the jobs waiting that the worker has not
+    started go back to the front of the queue, in order: under the lock shared with the worker,
+    which then skips them (`_starting`), so each runs exactly once, here or elsewhere."""
+    from gradaudit import workers
+
+    pool = workers.WorkerPool.__new__(workers.WorkerPool)
+    w = _worker(5, 0.001)  # serials 1..5 waiting behind the job it runs
+    w.last_s = 0.001
+    pool.workers = [w, _worker(0, 0.001)]
+    pool._pending = deque(range(100, 1000))
+    w.started = time.monotonic() - workers.AHEAD_BELOW_S
+    assert pool._ahead_wanted(w) == 0
+    w.starts[0] = 2  # the worker has started serial 2 (its result not read yet)
+    pool._revoke(w)
+    assert [serial for _, _, serial in w.queued] == [1, 2]  # started there: its results will come
+    assert list(pool._pending)[:3] == [(2, None), (3, None), (4, None)]  # serials 3..5, in order
+    assert w.queued_bytes == 200 and w.starts[1] == w.revoked_to == 5
+    assert not workers.WorkerPool._revocable(w)
+    # The worker's side: a revoked serial is skipped, a later one starts.
+    assert not workers._starting(w.starts, w.lock, 4)
+    assert workers._starting(w.starts, w.lock, 6) and w.starts[0] == 6
+    # Without shared memory, never more than one ahead (nothing could be taken back).
+    alone = _worker(0, 0.001)
+    alone.starts = alone.lock = None
+    alone.last_s = 0.001
+    assert pool._ahead_wanted(alone) == 1
+
+
+@pytest.mark.slow
+def test_jobs_waiting_behind_a_long_job_run_once_elsewhere(audit_config, monkeypatch):
+    """Short jobs, then long ones, then short ones, on two workers: jobs queued deep behind the
+    first long job are taken back and run by the other worker; every job has exactly one result."""
+    from gradaudit import workers
+
+    monkeypatch.setattr(workers, "MAX_AHEAD", 4)
+    monkeypatch.setattr(workers, "AHEAD_BELOW_S", 0.1)
+    taken_back: list[int] = []
+    real_revoke = workers.WorkerPool._revoke
+
+    def revoke(self, w):
+        before = len(self._pending)
+        real_revoke(self, w)
+        taken_back.append(len(self._pending) - before)
+
+    yielded: dict[int, int] = {}
+    real_results = workers.WorkerPool.results
+
+    def results(self, jobs):
+        for index, result in real_results(self, jobs):
+            yielded[index] = yielded.get(index, 0) + 1
+            yield index, result
+
+    monkeypatch.setattr(workers.WorkerPool, "_revoke", revoke)
+    monkeypatch.setattr(workers.WorkerPool, "results", results)
+
+    def cases(prefix: str, loss: str, n: int) -> str:
+        return "".join(f"  - {{name: {prefix}{i:02d}, loss: \"faults:{loss}\", inputs: {{x: {{shape: [4]}}}}}}\n"
+                       for i in range(n))
+
+    config = ("defaults: {devices: [cpu], timeout: 60}\ncases:\n" + cases("a_fast", "good", 16)
+              + cases("b_slow", "slow_good", 6) + cases("c_fast", "good", 16))
+    _, doc = audit_config(config, "--jobs", "2")
+    statuses = {name: r["status"] for name, r in by_case(doc).items()}
+    assert len(statuses) == 38 and set(statuses.values()) == {"pass"}
+    assert sorted(yielded) == list(range(38)) and set(yielded.values()) == {1}
+    assert sum(taken_back) >= 1, taken_back  # jobs queued behind a slow one were taken back
