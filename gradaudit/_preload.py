@@ -7,7 +7,6 @@ during which it still holds the terminal's or the CI log's pipe open.
 
 import atexit
 import os
-import sys
 import warnings
 
 with warnings.catch_warnings():
@@ -17,16 +16,13 @@ with warnings.catch_warnings():
 
 import gradaudit.caseaudit  # noqa: E402, F401
 import gradaudit.workers  # noqa: E402, F401
+from gradaudit.launch import flush_standard_streams  # noqa: E402
 
 
 def _exit_at_once() -> None:
     """The forkserver's last step: flush what it printed, and exit without the teardown. (Its
     workers never get here: a child of the forkserver leaves by `os._exit` already.)"""
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except Exception:  # noqa: BLE001, S110 - a closed stream: nothing left to lose
-            pass
+    flush_standard_streams()
     os._exit(0)
 
 

@@ -58,12 +58,17 @@ def quick_exit(code: int) -> None:
     """Exit now with `code`, after the exit handlers (multiprocessing's cleanup of its socket's
     folder among them) and a flush of the standard streams."""
     atexit._run_exitfuncs()
+    flush_standard_streams()
+    os._exit(code)
+
+
+def flush_standard_streams() -> None:
+    """Flush stdout and stderr before an `os._exit` (a closed stream: nothing left to lose)."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
-        except Exception:  # noqa: BLE001, S110 - a closed stream: nothing left to lose
+        except Exception:  # noqa: BLE001, S110
             pass
-    os._exit(code)
 
 
 def _other_threads() -> bool:

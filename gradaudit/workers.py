@@ -605,16 +605,23 @@ class WorkerPool:
 
     def _next_job(self, w: _Worker, at: float) -> None:
         """`w` finished its job at `at`: the first one sent ahead started then, or, if `w` will not
-        run it (it is leaving, or died), every job sent ahead goes back to the front of the queue."""
+        run it (it is leaving, or died), every job sent ahead goes back to the front of the queue.
+        A worker that died had started the first of them if its shared serial says so: that job is
+        the one that died with it."""
         w.job = None
         if not w.queued:
             return
-        if w.leaving or w.readiness.exited(w.process):
+        if w.leaving or (w.readiness.exited(w.process) and not self._started(w, w.queued[0][2])):
             self._requeue(w)
             return
         item, size, _ = w.queued.popleft()
         w.queued_bytes -= size
         self._begin(w, item, at)
+
+    @staticmethod
+    def _started(w: _Worker, serial: int) -> bool:
+        """Whether `w` started the job it was sent as `serial` (never known without shared memory)."""
+        return w.starts is not None and w.starts[0] >= serial
 
     def _requeue(self, w: _Worker) -> None:
         """A worker that is gone never ran the jobs sent ahead to it: other workers will."""

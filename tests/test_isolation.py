@@ -1334,3 +1334,26 @@ def test_jobs_waiting_behind_a_long_job_run_once_elsewhere(audit_config, monkeyp
     assert len(statuses) == 38 and set(statuses.values()) == {"pass"}
     assert sorted(yielded) == list(range(38)) and set(yielded.values()) == {1}
     assert sum(taken_back) >= 1, taken_back  # jobs queued behind a slow one were taken back
+
+
+def test_a_worker_found_dead_after_a_result_is_blamed_on_the_job_it_had_started():
+    """A worker reports job A done, starts the job sent ahead behind it, and dies. Read after its
+    death, A's result must not send that job back to the queue as never run: its shared serial
+    says it started, so it stays the worker's job (its death is reported on it); the jobs behind
+    it, never started, go back. Without that serial nothing is known to have started."""
+    from types import SimpleNamespace
+
+    from gradaudit import workers
+
+    pool = workers.WorkerPool.__new__(workers.WorkerPool)
+    job = SimpleNamespace(spec=SimpleNamespace(timeout=60.0))
+    for started, running, pending in ((1, 0, [1, 2]), (0, None, [0, 1, 2])):
+        w = _worker(0, 0.001)
+        w.queued.extend(((i, job), 100, i + 1) for i in range(3))  # serials 1..3 waiting behind job A
+        w.sent = 3
+        w.readiness = SimpleNamespace(exited=lambda process: True)
+        w.starts[0] = started
+        pool._pending = deque()
+        pool._next_job(w, time.monotonic())
+        pool._requeue(w)  # as reaping the dead worker does next
+        assert (w.job[0] if w.job else None) == running and [i for i, _ in pool._pending] == pending
