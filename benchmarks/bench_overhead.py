@@ -6,7 +6,9 @@ For each loss it prints the median time of
   - bare:    `loss_fn(*inputs).backward()` on ready-made inputs,
   - spine:   one audit draw without the root-cause trace (verdict bookkeeping only),
   - audited: one audit draw as `gradaudit run` does it, with the trace (TorchFunctionMode op trace,
-             saved-tensor version hooks, per-tensor tags),
+             per-tensor tags),
+each timed draw being draw 0 of a fresh case (new tracks and loss facts, made before the clock
+starts), as a run's traced draw is;
 and the ratios audited / bare (the target: <= 1.5x) and audited / spine (what the trace alone
 adds); each as the median, with the best time in parentheses.
 Anomaly mode is not in the normal path: gradaudit re-runs a draw under it only after a failure.
@@ -27,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gradaudit.api import Spec, prepare  # noqa: E402
 from gradaudit.devices import current  # noqa: E402
-from gradaudit.draws import DrawLoop  # noqa: E402
+from gradaudit.draws import DrawLoop, DrawRecord, tracks_of  # noqa: E402
 from gradaudit.losscall import load_loss  # noqa: E402
 from gradaudit.tracing import default_observers  # noqa: E402
 
@@ -86,12 +88,15 @@ def medians_ms(fns: list, repeats: int, clock=time.perf_counter) -> list[tuple[f
     """Median and best time of each function, timed in turn (interleaved, so load on a shared
     machine hits them alike). `clock=time.thread_time` counts this thread's CPU time only: on a
     loaded machine it leaves out the waits for a core."""
-    for fn in fns:
+    befores = [getattr(fn, "before", None) or (lambda: None) for fn in fns]  # set-up left out of the time
+    for fn, before in zip(fns, befores, strict=True):
         for _ in range(3):
+            before()
             fn()
     times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, bucket in zip(fns, times, strict=True):
+        for fn, before, bucket in zip(fns, befores, times, strict=True):
+            before()
             start = clock()
             fn()
             bucket.append(clock() - start)
@@ -121,12 +126,19 @@ def measure(loss, inputs, device: str, repeats: int, clock=time.perf_counter) ->
     def one_draw(loop):
         def run():
             assert loop.one(0), loop.record  # every timed draw is draw 0, the fully traced one
+        run.before = lambda: fresh_case(loop)
         return run
 
-    # As in a run: the caller's random state is kept once around a case's draws, not per draw.
-    with plain.call.keeping_random_state(), traced.call.keeping_random_state():
+    # As in a run: the caller's random state and warning filters are kept once around a case's draws.
+    with plain.call.holding(), traced.call.holding():
         bare_ms, spine_ms, audited_ms = medians_ms([bare, one_draw(plain), one_draw(traced)], repeats, clock)
     return bare_ms, spine_ms, audited_ms
+
+
+def fresh_case(loop: DrawLoop) -> None:
+    """Make the next `loop.one(0)` the draw 0 of a fresh case, as a run's traced draw is: new
+    tracks (the first gradient of a case also pays for its norm) and new loss facts."""
+    loop.record = DrawRecord(tracks=tracks_of(loop.call))
 
 
 def main() -> None:

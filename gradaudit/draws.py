@@ -91,7 +91,7 @@ class DrawLoop:
 
     def run(self) -> DrawRecord:
         record = self.record
-        with self.call.keeping_random_state():  # each draw seeds; the caller's state comes back once
+        with self.call.holding():  # each draw seeds; the caller's state and warning filters come back once
             while self.one(record.draws):
                 record.draws += 1
                 if not self.rule.wants_more(record.draws):
@@ -173,7 +173,8 @@ class DrawLoop:
             if loss is not value:
                 facts.shape = list(value.shape)
         if loss.is_floating_point():  # the common case: one read of the value
-            number = float(loss.detach().float())  # as float32, as before: a float64 beyond its range is Inf
+            # As float32, as before: a float64 beyond its range is Inf (the others read exactly).
+            number = float(loss.detach().float()) if loss.dtype is torch.float64 else loss.item()
             finite, scalar = math.isfinite(number), number
         elif loss.is_complex():
             scalar = loss.detach().float().cpu()

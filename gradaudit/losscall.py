@@ -204,6 +204,8 @@ class LossCall:
     draw_name: str = ""  # the name that seeds draws ("" means spec.draw_name)
     # Inside `keeping_random_state()`: the caller's state is kept once around many runs.
     _holding: bool = field(default=False, init=False, repr=False)
+    # Inside `holding()`: the list the warnings of its runs are recorded in, captured once.
+    _caught: list[warnings.WarningMessage] | None = field(default=None, init=False, repr=False)
 
     def replace(self, **changes: Any) -> LossCall:
         """This call with some fields changed (gradcheck's float64 copy of the module, say)."""
@@ -257,6 +259,20 @@ class LossCall:
             finally:
                 self._holding = False
 
+    @contextlib.contextmanager
+    def holding(self) -> Iterator[None]:
+        """Around a case's draws: the caller's random state kept once (`keeping_random_state`),
+        and the warnings captured once, each run still getting those raised while it ran."""
+        if self._caught is not None:
+            yield
+            return
+        with self.keeping_random_state(), captured_warnings() as caught:
+            self._caught = caught
+            try:
+                yield
+            finally:
+                self._caught = None
+
     def _kept(self, generator: torch.Generator | None) -> AbstractContextManager[Any]:
         return contextlib.nullcontext() if self._holding else callers_random_state(generator)
 
@@ -274,33 +290,46 @@ class LossCall:
         their stage; the caller's random state and warning filters are kept.
         """
         out = DrawOutcome(draw)
-        generator = self.layer.generator(self.device)
-        with captured_warnings() as caught, self._kept(generator):
-            out.warnings = caught
-            try:
-                if any(s.init == "factory" for s in self.specs):  # a factory may use the global RNG
-                    seed_all(self.input_seed(draw), generator)
-                out.inputs = self.inputs(draw)
-            except Exception as exc:  # noqa: BLE001 - reported as the case's error
-                out.error, out.stage = exc, "inputs"
-                return out
-            seed_all(self.seed_of(draw), generator)
-            with mode(out.inputs) if mode is not None else contextlib.nullcontext():
-                with forward_mode(out.inputs) if forward_mode is not None else contextlib.nullcontext():
-                    try:
-                        out.value, out.picked = self._forward(out.inputs.received)
-                        # An asynchronous device error of the forward surfaces here, not in a later case.
-                        self.layer.synchronize(self.device)
-                    except Exception as exc:  # noqa: BLE001 - the loss's failure is a finding
-                        out.error, out.stage = exc, "forward"
-                        return out
-                    value = out.value
-                    if grads and isinstance(value, torch.Tensor):
-                        out.loss = value if value.dim() == 0 and value.numel() == 1 else value.sum()
-                if out.loss is not None and out.loss.requires_grad:
-                    if before_backward is not None:
-                        before_backward(out.loss)
-                    self._backward(out)
+        caught = self._caught
+        if caught is None:
+            with captured_warnings() as caught, self._kept(self.layer.generator(self.device)):
+                out.warnings = caught
+                return self._run(out, grads, mode, before_backward, forward_mode)
+        caught.clear()  # what came between the runs (the audit's own work) is not the loss's
+        try:
+            return self._run(out, grads, mode, before_backward, forward_mode)
+        finally:
+            out.warnings = caught[:]
+            caught.clear()
+
+    def _run(self, out: DrawOutcome, grads: bool, mode: Mode | None,
+             before_backward: Callable[[torch.Tensor], Any] | None, forward_mode: Mode | None) -> DrawOutcome:
+        """`run`'s work, inside its warnings capture and random state."""
+        draw, generator = out.draw, self.layer.generator(self.device)
+        try:
+            if any(s.init == "factory" for s in self.specs):  # a factory may use the global RNG
+                seed_all(self.input_seed(draw), generator)
+            out.inputs = self.inputs(draw)
+        except Exception as exc:  # noqa: BLE001 - reported as the case's error
+            out.error, out.stage = exc, "inputs"
+            return out
+        seed_all(self.seed_of(draw), generator)
+        with mode(out.inputs) if mode is not None else contextlib.nullcontext():
+            with forward_mode(out.inputs) if forward_mode is not None else contextlib.nullcontext():
+                try:
+                    out.value, out.picked = self._forward(out.inputs.received)
+                    # An asynchronous device error of the forward surfaces here, not in a later case.
+                    self.layer.synchronize(self.device)
+                except Exception as exc:  # noqa: BLE001 - the loss's failure is a finding
+                    out.error, out.stage = exc, "forward"
+                    return out
+                value = out.value
+                if grads and isinstance(value, torch.Tensor):
+                    out.loss = value if value.dim() == 0 and value.numel() == 1 else value.sum()
+            if out.loss is not None and out.loss.requires_grad:
+                if before_backward is not None:
+                    before_backward(out.loss)
+                self._backward(out)
         return out
 
     def _backward(self, out: DrawOutcome) -> None:

@@ -60,27 +60,37 @@ class Track:
         if g.layout is not torch.strided or g.is_complex() or g.numel() == 0:
             dense = self._add_other(g)
         else:
-            # The common case: one magnitude pass and one min/max reduction, no mask. A finite
-            # largest magnitude means every element is finite; a smallest above zero means a
-            # dense gradient, which adds one to every count (kept implicit). The norm (grad_norm)
-            # is the first draw's: one more pass, once a case. Only a NaN/Inf pays for the masked
+            # The common case: one magnitude pass and two reductions, no mask. A smallest
+            # magnitude above zero means a dense gradient, which adds one to every count (kept
+            # implicit); a finite largest magnitude (or, in the first draw, a finite norm: its
+            # grad_norm) means every element is finite. Only a NaN/Inf pays for the masked
             # passes, and only a gradient with zeros (or one after it) for the per-element counts.
             magnitudes = g.abs_() if consume and not g.requires_grad else g.abs()
-            low, high = (float(v) for v in torch.aminmax(magnitudes))
-            if not math.isfinite(high):  # a NaN (which makes both NaN) or an Inf
-                self._count_nonfinite(g)
-            elif not self.norms:
-                norm = float(torch.linalg.vector_norm(g))
-                if not math.isfinite(norm):  # finite values whose norm overflows in low precision
-                    norm = float(torch.linalg.vector_norm(g, dtype=torch.float64))
-                self.norms.append(norm)
+            if self.norms:
+                low, finite = _smallest_and_finite(magnitudes)
+                if not finite:
+                    self._count_nonfinite(g)
+            else:
+                # The first draw needs the norm anyway, and a finite norm means finite elements:
+                # the smallest magnitude alone is left (`amin` is a third of `aminmax`'s cost).
+                low = float(magnitudes.amin())
+                self._first_norm(g, magnitudes)
             dense = low > 0  # a NaN smallest magnitude is not: the exact masked count decides
         if self._counts is None and dense:
             self.dense_draws += 1
             return
         self.alive_counts.add_((g != 0).cpu())
 
+    def _first_norm(self, g: torch.Tensor, magnitudes: torch.Tensor) -> None:
+        """The norm of the first finite gradient (or the NaN/Inf count of one that is not)."""
+        norm = float(torch.linalg.vector_norm(magnitudes))
+        if math.isfinite(norm):
+            self.norms.append(norm)
+        else:  # a NaN or an Inf element, or finite values whose norm overflows in low precision
+            self._count_nonfinite(g)
+
     def _count_nonfinite(self, g: torch.Tensor) -> None:
+        """The exact NaN/Inf count, and the norm of the finite elements in float64."""
         finite = torch.isfinite(g)
         self.nonfinite = max(self.nonfinite, int((~finite).sum()))
         self.norms.append(float(torch.linalg.vector_norm(torch.where(finite, g, 0), dtype=torch.float64)))
@@ -173,6 +183,28 @@ class Track:
             if verdict in ("zero", "partial"):
                 result.grad_map = fold_map(self.ever_nonzero)
         return result
+
+
+# The bit patterns of magnitudes, read as integers of their width, order as their values do, with
+# Inf's pattern above every finite one and NaN's above Inf's: an integer min/max reduction says
+# what the float one does, at 0.5-0.8 of its cost (no NaN rules) from 256k elements on, where the
+# gradient is fresh from backward. float64's integer reduction is no faster; it keeps the float one.
+_BITS: dict[torch.dtype, tuple[torch.dtype, int]] = {
+    torch.float32: (torch.int32, 0x7F800000), torch.float16: (torch.int16, 0x7C00),
+    torch.bfloat16: (torch.int16, 0x7F80)}
+
+
+def _smallest_and_finite(magnitudes: torch.Tensor) -> tuple[float, bool]:
+    """(a number above zero exactly when no magnitude is zero, whether every element is finite)
+    from one min/max reduction over a gradient's magnitudes."""
+    bits = _BITS.get(magnitudes.dtype)
+    if bits is None:
+        low, high = (float(v) for v in torch.aminmax(magnitudes))
+        return low, math.isfinite(high)  # a NaN makes both NaN
+    as_int, inf = bits
+    low, high = (int(v) for v in torch.aminmax(magnitudes.view(as_int)))
+    # Below zero: a NaN whose sign bit the magnitude kept; the masked count then decides.
+    return low, 0 <= low and high < inf
 
 
 def _dense(g: torch.Tensor) -> bool:

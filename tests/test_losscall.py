@@ -188,3 +188,33 @@ def test_a_forward_mode_wraps_the_forward_alone_and_a_mode_the_backward_too():
     out = call.run(0, grads=True, mode=lambda _: context("mode"), forward_mode=lambda _: context("forward"))
     assert out.backward and out.grads["x"] is not None
     assert during_backward == [["mode"]]
+
+
+def test_held_warnings_go_to_the_run_that_raised_them_and_the_filters_come_back():
+    """Around a case's draws the warnings are captured once (`holding`): each run still gets the
+    warnings raised while it ran, torch's warn-once ones every time, nothing raised between runs
+    (the audit's own work), and the caller's filters are as they were afterwards. Its twin: the
+    same runs outside `holding` give the same warnings."""
+    import warnings
+
+    def warns(x):
+        warnings.warn(f"draw of {float(x.detach().sum()):.3f}", UserWarning, stacklevel=1)
+        return (x * x).sum()
+
+    def texts(out):
+        return [str(w.message) for w in out.warnings]
+
+    call = _call(warns)
+    alone = [texts(call.run(d, grads=True)) for d in range(3)]
+    filters = list(warnings.filters)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a caller's "error" filter: the loss's warnings are still only recorded
+        with call.holding():
+            held = []
+            for d in range(3):
+                held.append(texts(call.run(d, grads=True)))
+                warnings.warn("between the runs", UserWarning, stacklevel=1)
+        with pytest.raises(UserWarning):
+            warnings.warn("the caller's filter is back", UserWarning, stacklevel=1)
+    assert held == alone and all(len(t) == 1 for t in held) and len(set(map(tuple, held))) == 3
+    assert warnings.filters == filters

@@ -70,20 +70,31 @@ def test_only_none_draws_leave_every_element_dead():
     assert track.verdict(1) == "none"
 
 
+@pytest.mark.parametrize("first", [True, False], ids=["first-draw", "later-draw"])
 @pytest.mark.parametrize("bad, count", [(float("nan"), 1), (float("inf"), 1), (float("-inf"), 1)])
-def test_a_nonfinite_element_is_counted_and_a_finite_twin_is_not(bad, count):
-    """The common path reads only the magnitudes' min and max: a NaN or an Inf anywhere must still
-    be counted (its twin, the same gradient finite, counts none), in any draw, not just the first."""
+def test_a_nonfinite_element_is_counted_and_a_finite_twin_is_not(bad, count, first):
+    """The common path reads only a few reductions (the first draw: the smallest magnitude and the
+    norm; later ones: the smallest and largest magnitude): a NaN or an Inf anywhere must still be
+    counted (its twin, the same gradient finite, counts none), in the first draw or a later one."""
     track = Track(name="x", shape=[4, 3], dtype="float32", requires_grad=True)
     twin = Track(name="x", shape=[4, 3], dtype="float32", requires_grad=True)
     good = torch.randn(4, 3) + 5.0
     bad_grad = good.clone()
     bad_grad[2, 1] = bad
-    for t, later in ((track, bad_grad), (twin, good)):
-        t.add(good)
-        t.add(later)
+    for t, odd in ((track, bad_grad), (twin, good)):
+        for g in ((odd, good) if first else (good, odd)):
+            t.add(g.clone(), consume=True)
     assert track.nonfinite == count and track.verdict(2) == "nonfinite"
     assert twin.nonfinite == 0 and twin.verdict(2) == "ok" and twin.counts_implicit
+
+
+def test_finite_float64_values_whose_norm_overflows_are_not_nonfinite():
+    """A first-draw norm that is Inf in float64 too comes from finite values: the largest magnitude
+    says so, and the elements are not counted as NaN/Inf."""
+    track = Track(name="x", shape=[4], dtype="float64", requires_grad=True)
+    track.add(torch.full((4,), 1e300, dtype=torch.float64), consume=True)
+    assert track.nonfinite == 0 and track.verdict(1) == "ok"
+    assert track.norms == [float("inf")]
 
 
 def test_the_norm_survives_a_low_precision_overflow_and_is_the_first_draws():
@@ -123,3 +134,43 @@ def test_consume_measures_in_place():
     g = -torch.ones(3)
     Track("x", [3], "float32", True).add(g, consume=True)
     assert torch.equal(g, torch.ones(3))  # its magnitudes: the tensor was taken over
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16, torch.float64])
+@pytest.mark.parametrize("odd", ["nan", "inf", "-inf", "-0.0", "0.0", "denormal", "max", "-max"])
+def test_a_later_draw_reads_every_dtype_as_the_masked_count_would(dtype, odd):
+    """Later draws read the magnitudes' min and max as integers (float32, float16, bfloat16) or
+    floats (float64): for each special value, the NaN/Inf count and the zero counts are the exact
+    ones (`isfinite`, `!= 0`), against the plain per-element reference."""
+    info = torch.finfo(dtype)
+    value = {"nan": float("nan"), "inf": float("inf"), "-inf": float("-inf"), "-0.0": -0.0, "0.0": 0.0,
+             "denormal": info.smallest_normal / 4, "max": info.max, "-max": -info.max}[odd]
+    dense = torch.linspace(1.0, 2.0, 12).to(dtype).reshape(3, 4)
+    later = dense.clone()
+    later[1, 2] = value
+    track = Track("x", [3, 4], str(dtype).removeprefix("torch."), True)
+    for g in (dense, later, dense):
+        track.add(g.clone(), consume=True)
+    expected_nonfinite = int((~torch.isfinite(later)).sum())
+    assert track.nonfinite == expected_nonfinite
+    expected = _reference([dense, later, dense], [3, 4])
+    counts = track.alive_counts.to(torch.int64)
+    assert torch.equal(counts, expected), (odd, counts)
+    assert track.dead == 0  # draws 1 and 3 gave every element a gradient
+
+
+@pytest.mark.parametrize("dtype, as_int", [(torch.float32, torch.int32), (torch.float16, torch.int16),
+                                           (torch.bfloat16, torch.int16)])
+def test_a_nan_whose_sign_the_magnitude_kept_is_not_finite(dtype, as_int):
+    """The integer reading's guard: a NaN with its sign bit set reads as a negative integer, below
+    every magnitude; it must say "not finite" and "not surely dense" (CPU's abs clears that bit, other
+    devices need not). Its twin, the same magnitudes without it, is finite and dense."""
+    from gradaudit.tracks import _smallest_and_finite
+
+    magnitudes = torch.ones(8, dtype=dtype)
+    assert _smallest_and_finite(magnitudes)[1] and _smallest_and_finite(magnitudes)[0] > 0
+    bits = magnitudes.view(as_int)
+    bits[3] = torch.tensor([float("nan")], dtype=dtype).view(as_int)[0] | (1 << (bits.element_size() * 8 - 1))
+    assert torch.isnan(magnitudes[3])
+    low, finite = _smallest_and_finite(magnitudes)
+    assert not finite and not low > 0
