@@ -32,6 +32,8 @@ _STICKY = ("device-side assert triggered", "an illegal memory access was encount
 _MIXED = ("Expected all tensors to be on the same device", "is not on the expected device",
           "Expected tensor for argument", "found at least two devices")
 
+_NO_CONTEXT = contextlib.nullcontext()  # stateless: one serves every forward
+
 # The autocast dtype gradaudit uses on each device type (torch's own defaults).
 AUTOCAST_DTYPE = {"cuda": "float16", "cpu": "bfloat16", "mps": "float16"}
 
@@ -123,7 +125,7 @@ class DeviceLayer:
         """The context the loss's forward runs in on `device`: autocast to `autocast` (a dtype
         name), or none."""
         if not autocast:
-            return contextlib.nullcontext()
+            return _NO_CONTEXT
         return torch.autocast(self.torch_device(device).type, dtype=getattr(torch, autocast))
 
     def mark_poisoned(self, device: str, reason: str) -> None:

@@ -100,8 +100,6 @@ class DrawLoop:
 
     def _observed(self, draw: int, inputs: DrawInputs) -> contextlib.AbstractContextManager[Any]:
         """The observers' contexts around a draw's forward (the common cases, none or one, without a stack)."""
-        if not self.observers:
-            return contextlib.nullcontext()
         if len(self.observers) == 1:
             return self.observers[0].draw_context(draw, inputs)
         return self._stacked(draw, inputs)
@@ -116,7 +114,8 @@ class DrawLoop:
     def one(self, draw: int) -> bool:
         """Run one draw; False when the audit must stop (an error, or a loss with no graph)."""
         record = self.record
-        out = self.call.run(draw, grads=True, forward_mode=lambda inputs: self._observed(draw, inputs))
+        observed = (lambda inputs: self._observed(draw, inputs)) if self.observers else None
+        out = self.call.run(draw, grads=True, forward_mode=observed)
         self._keep_warnings(out)
         if out.stage in ("inputs", "forward"):
             record.failure = out
@@ -165,10 +164,11 @@ class DrawLoop:
             return False
         loss = out.loss
         if draw == 0:
+            grad_fn = value.grad_fn
             facts.info = LossInfo(
-                value=None, shape=list(value.shape), dtype=str(value.dtype).removeprefix("torch."),
+                value=None, shape=list(value.shape), dtype=_dtype_name(value.dtype),
                 requires_grad=value.requires_grad,
-                grad_fn=type(value.grad_fn).__name__ if value.grad_fn is not None else None, finite=True,
+                grad_fn=type(grad_fn).__name__ if grad_fn is not None else None, finite=True,
                 picked=out.picked)
             if loss is not value:
                 facts.shape = list(value.shape)
@@ -193,6 +193,17 @@ class DrawLoop:
             facts.nonfinite_draw = draw
             facts.nonfinite_value = float(scalar)
         return True
+
+
+_DTYPE_NAMES: dict[torch.dtype, str] = {}
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    """"float32" for torch.float32 (`str(dtype)` builds the string anew each time)."""
+    name = _DTYPE_NAMES.get(dtype)
+    if name is None:
+        name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
+    return name
 
 
 def _plain_float(value: Any) -> float | None:

@@ -42,6 +42,7 @@ except Exception:  # noqa: BLE001 - a broken numpy install is as good as none he
     numpy = None
 
 LOSS_RNG_SALT = 0x5EED  # the loss's own random stream differs from its inputs'
+_NO_CONTEXT = contextlib.nullcontext()  # stateless: one serves every run
 
 
 class LoadError(Exception):
@@ -207,6 +208,11 @@ class LossCall:
     # Inside `holding()`: the list the warnings of its runs are recorded in, captured once.
     _caught: list[warnings.WarningMessage] | None = field(default=None, init=False, repr=False)
 
+    def __post_init__(self) -> None:
+        # Read once a call: each draw asks for them (the spec does not change under a call).
+        self._seed_name = self.draw_name or self.spec.draw_name
+        self._factory_inputs = any(s.init == "factory" for s in self.spec.inputs)
+
     def replace(self, **changes: Any) -> LossCall:
         """This call with some fields changed (gradcheck's float64 copy of the module, say)."""
         return dataclasses.replace(self, **changes)
@@ -217,7 +223,7 @@ class LossCall:
 
     def input_seed(self, draw: int) -> int:
         """The seed of draw `draw`'s inputs."""
-        return draw_seed(self.spec.seed, self.draw_name or self.spec.draw_name, draw)
+        return draw_seed(self.spec.seed, self._seed_name, draw)
 
     def seed_of(self, draw: int) -> int:
         """The seed of the loss's own randomness in draw `draw`."""
@@ -225,7 +231,7 @@ class LossCall:
 
     def inputs(self, draw: int) -> DrawInputs:
         """Draw `draw`'s inputs on the device: fresh leaves, and what the loss receives."""
-        cpu = make_inputs(self.specs, self.spec.seed, self.draw_name or self.spec.draw_name, draw, self.root)
+        cpu = make_inputs(self.specs, self.spec.seed, self._seed_name, draw, self.root)
         return self.place(cpu)
 
     def place(self, cpu: Mapping[str, torch.Tensor]) -> DrawInputs:
@@ -307,15 +313,15 @@ class LossCall:
         """`run`'s work, inside its warnings capture and random state."""
         draw, generator = out.draw, self.layer.generator(self.device)
         try:
-            if any(s.init == "factory" for s in self.specs):  # a factory may use the global RNG
+            if self._factory_inputs:  # a factory may use the global RNG
                 seed_all(self.input_seed(draw), generator)
             out.inputs = self.inputs(draw)
         except Exception as exc:  # noqa: BLE001 - reported as the case's error
             out.error, out.stage = exc, "inputs"
             return out
         seed_all(self.seed_of(draw), generator)
-        with mode(out.inputs) if mode is not None else contextlib.nullcontext():
-            with forward_mode(out.inputs) if forward_mode is not None else contextlib.nullcontext():
+        with mode(out.inputs) if mode is not None else _NO_CONTEXT:
+            with forward_mode(out.inputs) if forward_mode is not None else _NO_CONTEXT:
                 try:
                     out.value, out.picked = self._forward(out.inputs.received)
                     # An asynchronous device error of the forward surfaces here, not in a later case.

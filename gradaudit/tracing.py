@@ -456,8 +456,13 @@ class Tracer:
                         tensors.append(tag)
             elif isinstance(v, (list, tuple)) and v:
                 self._collect(v, tensors, 1)
-        if kwargs:
-            self._collect(tuple(kwargs.values()), tensors, 0)
+        for v in kwargs.values():  # `_collect(kwargs.values(), tensors, 0)`, inline: most are options
+            if isinstance(v, torch.Tensor):
+                tag = self.tag(v)
+                if tag is not None:
+                    tensors.append(tag)
+            elif isinstance(v, (list, tuple)) and v:
+                self._collect(v, tensors, 1)
         if self.naming:
             previous, self.current = self.current, name
             try:
@@ -750,11 +755,14 @@ class TraceObserver:
         self.tracer = Tracer()
         self.traced_draws = traced_draws
         self.tracing = False
+        self._fresh = True  # `tracer` has traced nothing yet (a case's draw 0 may start on it)
 
     def draw_context(self, draw: int, inputs: DrawInputs):
         """Trace draws 0..traced_draws-1; the draws that only confirm a zero pattern run bare."""
         if draw == 0:
-            self.tracer = Tracer()
+            if not self._fresh:
+                self.tracer = Tracer()
+            self._fresh = False
         self.tracing = draw < self.traced_draws
         if not self.tracing:
             return contextlib.nullcontext()
@@ -778,6 +786,7 @@ class TraceObserver:
     def take(self) -> Tracer:
         """The records of the case just audited; the next case starts a fresh trace."""
         tracer, self.tracer = self.tracer, Tracer()
+        self._fresh = True
         tracer._tags = {}
         return tracer
 

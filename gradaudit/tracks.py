@@ -56,7 +56,7 @@ class Track:
         if grad is None:
             self.none_draws += 1
             return
-        g = grad.detach()
+        g = grad.detach() if grad.requires_grad else grad  # a leaf's .grad needs none (no create_graph)
         if g.layout is not torch.strided or g.is_complex() or g.numel() == 0:
             dense = self._add_other(g)
         else:
