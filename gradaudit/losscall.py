@@ -18,6 +18,7 @@ A draw, as training calls a loss:
 
 from __future__ import annotations
 
+import _random
 import contextlib
 import dataclasses
 import random
@@ -56,13 +57,21 @@ class LoadError(Exception):
 
 # -- randomness ------------------------------------------------------------------------------
 
+# The instance behind `random.random()`, `random.sample()`...: for an int seed, `random.seed(seed)`
+# is its C seeding and a reset of the cached gauss value, which `seed_all` does without the Python
+# method's type checks around them (a third of the draw's seeding time where caches are cold).
+_PYTHON_RNG = random._inst
+_seed_python = _random.Random.seed
+
+
 def seed_all(seed: int, device_generator: torch.Generator | None = None) -> None:
     """Seed every random stream a loss may draw from: torch's CPU generator and the audited
     device's, Python's `random` and numpy's global RNG."""
     torch.default_generator.manual_seed(seed)
     if device_generator is not None:
         device_generator.manual_seed(seed)
-    random.seed(seed)
+    _seed_python(_PYTHON_RNG, seed)  # random.seed(seed), as said above
+    _PYTHON_RNG.gauss_next = None
     if numpy is not None:
         numpy.random.seed(seed & 0xFFFFFFFF)
 

@@ -218,3 +218,18 @@ def test_held_warnings_go_to_the_run_that_raised_them_and_the_filters_come_back(
             warnings.warn("the caller's filter is back", UserWarning, stacklevel=1)
     assert held == alone and all(len(t) == 1 for t in held) and len(set(map(tuple, held))) == 3
     assert warnings.filters == filters
+
+
+@pytest.mark.parametrize("seed", [0, 7, 2**40 + 3, 2**63 - 1])
+def test_seeding_python_random_is_random_seed(seed):
+    """`seed_all` seeds Python's `random` through its C method: the same state as `random.seed(seed)`,
+    and no gauss value cached from before (its twin: a cached one that `random.seed` also drops)."""
+    from gradaudit.losscall import seed_all
+
+    random.seed(seed)
+    expected_state, expected_gauss = random.getstate(), random.gauss(0.0, 1.0)
+    random.seed(seed + 1)
+    random.gauss(0.0, 1.0)  # caches the second value of the pair
+    seed_all(seed)
+    assert random.getstate() == expected_state
+    assert random.gauss(0.0, 1.0) == expected_gauss
