@@ -65,6 +65,8 @@ MAX_WAIT_S = 3600.0
 # on a busy 2-core machine: as much as a small case's audit). Never at the tail of a run, where a
 # job queued behind a long one would wait while other workers idle.
 AHEAD_BELOW_S = 0.25
+# How long the run waits for a worker's start lock before leaving its queue as it is.
+REVOKE_LOCK_S = 1.0
 # Short jobs also get this process out of their way: a worker is sent enough jobs ahead for about
 # twice COALESCE_S (at most MAX_AHEAD, and at most AHEAD_BYTES of them in its pipe, which holds
 # 64 KiB), and while every busy worker has jobs waiting this process wakes every COALESCE_S or so
@@ -633,9 +635,15 @@ class WorkerPool:
         """`w`'s job has run AHEAD_BELOW_S: take back the jobs sent ahead behind it that it has not
         started (it skips them, answering "revoked"), for any worker to run. Under the lock shared
         with it, so each job is either started there or taken back, never both."""
-        with w.lock:
+        # Bounded: a worker killed while it held the lock (a moment at each job's start) would
+        # hold it forever; its death is then reported by `_service`, and nothing is taken back.
+        if not w.lock.acquire(timeout=REVOKE_LOCK_S):
+            return
+        try:
             running = w.starts[0]
             w.starts[1] = w.revoked_to = w.sent
+        finally:
+            w.lock.release()
         back = [entry for entry in w.queued if entry[2] > running]
         if not back:
             return

@@ -1296,6 +1296,26 @@ def test_no_job_goes_ahead_behind_a_long_one_and_those_waiting_are_taken_back():
     assert pool._ahead_wanted(alone) == 1
 
 
+def test_a_start_lock_never_released_does_not_stop_the_run(monkeypatch):
+    """A worker killed inside `_starting` leaves its lock held for good: taking back its queue
+    must give up after REVOKE_LOCK_S (taking nothing back) instead of waiting forever. Its twin:
+    the same lock free, the jobs are taken back."""
+    from gradaudit import workers
+
+    monkeypatch.setattr(workers, "REVOKE_LOCK_S", 0.05)
+    pool = workers.WorkerPool.__new__(workers.WorkerPool)
+    held, free = _worker(3, 0.001), _worker(3, 0.001)
+    pool.workers = [held, free]
+    pool._pending = deque()
+    assert held.lock.acquire(timeout=1)  # as a worker that died holding it left it
+    start = time.monotonic()
+    pool._revoke(held)
+    assert time.monotonic() - start < 1.0
+    assert len(held.queued) == 3 and not pool._pending
+    pool._revoke(free)
+    assert len(free.queued) == 0 and len(pool._pending) == 3
+
+
 @pytest.mark.slow
 def test_jobs_waiting_behind_a_long_job_run_once_elsewhere(audit_config, monkeypatch):
     """Short jobs, then long ones, then short ones, on two workers: jobs queued deep behind the
