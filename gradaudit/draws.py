@@ -166,7 +166,7 @@ class DrawLoop:
         if draw == 0:
             grad_fn = value.grad_fn
             facts.info = LossInfo(
-                value=None, shape=list(value.shape), dtype=_dtype_name(value.dtype),
+                value=None, shape=list(value.shape), dtype=str(value.dtype).removeprefix("torch."),
                 requires_grad=value.requires_grad,
                 grad_fn=type(grad_fn).__name__ if grad_fn is not None else None, finite=True,
                 picked=out.picked)
@@ -193,17 +193,6 @@ class DrawLoop:
             facts.nonfinite_draw = draw
             facts.nonfinite_value = float(scalar)
         return True
-
-
-_DTYPE_NAMES: dict[torch.dtype, str] = {}
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    """"float32" for torch.float32 (`str(dtype)` builds the string anew each time)."""
-    name = _DTYPE_NAMES.get(dtype)
-    if name is None:
-        name = _DTYPE_NAMES[dtype] = str(dtype).removeprefix("torch.")
-    return name
 
 
 def _plain_float(value: Any) -> float | None:
