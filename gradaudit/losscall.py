@@ -330,17 +330,20 @@ class LossCall:
             return out
         seed_all(self.seed_of(draw), generator)
         with mode(out.inputs) if mode is not None else _NO_CONTEXT:
-            with forward_mode(out.inputs) if forward_mode is not None else _NO_CONTEXT:
-                try:
+            try:
+                # `forward_mode` sees the loss's own calls only: the audit's reading of what it
+                # returned (its `dim()`, its sum) is no op of the loss, and under a function mode
+                # each such call would cost a Python dispatch.
+                with forward_mode(out.inputs) if forward_mode is not None else _NO_CONTEXT:
                     out.value, out.picked = self._forward(out.inputs.received)
-                    # An asynchronous device error of the forward surfaces here, not in a later case.
-                    self.layer.synchronize(self.device)
-                except Exception as exc:  # noqa: BLE001 - the loss's failure is a finding
-                    out.error, out.stage = exc, "forward"
-                    return out
-                value = out.value
-                if grads and isinstance(value, torch.Tensor):
-                    out.loss = value if value.dim() == 0 and value.numel() == 1 else value.sum()
+                # An asynchronous device error of the forward surfaces here, not in a later case.
+                self.layer.synchronize(self.device)
+            except Exception as exc:  # noqa: BLE001 - the loss's failure is a finding
+                out.error, out.stage = exc, "forward"
+                return out
+            value = out.value
+            if grads and isinstance(value, torch.Tensor):
+                out.loss = value if value.dim() == 0 and value.numel() == 1 else value.sum()
             if out.loss is not None and out.loss.requires_grad:
                 if before_backward is not None:
                     before_backward(out.loss)

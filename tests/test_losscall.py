@@ -190,6 +190,33 @@ def test_a_forward_mode_wraps_the_forward_alone_and_a_mode_the_backward_too():
     assert during_backward == [["mode"]]
 
 
+def test_a_forward_mode_sees_the_losss_calls_and_not_the_audits_reading_of_them(monkeypatch):
+    """The tracer's function mode is around the loss's forward only: the audit's own reading of a
+    non-scalar loss (its `dim()`, the sum backward runs on) is no op of the loss, and under a
+    function mode each would cost a Python dispatch. A synchronising device's error after the
+    forward is still the forward's."""
+    from torch.overrides import TorchFunctionMode
+
+    seen: list[str] = []
+
+    class Names(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            seen.append(getattr(func, "__name__", str(func)))
+            return func(*args, **(kwargs or {}))
+
+    call = _call(lambda x: x * 2, leaf=False)
+    out = call.run(0, grads=True, forward_mode=lambda _: Names())
+    assert out.backward and out.grads["x"] is not None and out.loss.dim() == 0
+    assert seen == ["mul"]
+
+    def failing_sync(device):
+        raise RuntimeError("device-side assert")
+
+    monkeypatch.setattr(call.layer, "synchronize", failing_sync)
+    out = call.run(0, grads=True, forward_mode=lambda _: Names())
+    assert out.stage == "forward" and "device-side assert" in str(out.error) and not out.backward
+
+
 def test_held_warnings_go_to_the_run_that_raised_them_and_the_filters_come_back():
     """Around a case's draws the warnings are captured once (`holding`): each run still gets the
     warnings raised while it ran, torch's warn-once ones every time, nothing raised between runs
