@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gradaudit.masks import nonzero, zero
+
 FALSE_ALARM = 1e-3  # the case-wide odds that a reported pattern is luck
 PRIOR_RATE = 0.5  # a tensor dead everywhere: how often it would get a gradient, if it could
 CONFIRMED, MORE, NO_FINDING = "confirmed", "more", "none"
@@ -270,7 +272,7 @@ def design_effect(c: torch.Tensor, hist: list[float]) -> float:
         # Every live element has the same count: nothing tells whether they live and die together,
         # so assume they do, along the dim with the fewest slices.
         return c.numel() / min((c.shape[d] for d in range(c.dim()) if c.shape[d] >= 2), default=c.numel())
-    live = c > 0
+    live = nonzero(c)
     worst = 1.0
     for dim in range(c.dim()):
         if c.shape[dim] < 2:
@@ -319,13 +321,13 @@ def _decide_one(c: torch.Tensor, draws: int, max_draws: int, budget: float, test
     if dead == 0:
         return Decision(NO_FINDING, 0.0)
     if identical_draws and not any(hist[1:draws]):
-        return Decision(CONFIRMED, 0.0, dead, c == 0, ())
+        return Decision(CONFIRMED, 0.0, dead, zero(c), ())
     if dead == c.numel():
         # No unit of it ever lived: nothing to learn a rate from but a prior, the tensor one unit.
         lam = (1.0 - PRIOR_RATE) ** draws
         level = Level(None, 1, 1, lam, (1.0 - PRIOR_RATE) ** max_draws)
         if lam < budget:
-            return Decision(CONFIRMED, lam * tests, dead, c == 0, (), [level])
+            return Decision(CONFIRMED, lam * tests, dead, zero(c), (), [level])
         hopeless = draws >= max_draws or level.at_cap >= budget
         return Decision(NO_FINDING if hopeless else MORE, lam * tests, dead, levels=[level])
     levels: list[Level] = []
@@ -357,11 +359,11 @@ def _decide_one(c: torch.Tensor, draws: int, max_draws: int, budget: float, test
     best = min((lv.chance_dead for lv in levels), default=math.inf)
     if confirmed:
         if None in confirmed:
-            return Decision(CONFIRMED, best * tests, dead, c == 0, (), levels)
+            return Decision(CONFIRMED, best * tests, dead, zero(c), (), levels)
         mask = None
         for dim in confirmed:
             others = [d for d in range(c.dim()) if d != dim]
-            part = _spread(c.amax(dim=others) == 0, c.shape, dim)
+            part = _spread(zero(c.amax(dim=others)), c.shape, dim)
             mask = part if mask is None else mask | part
         return Decision(CONFIRMED, best * tests, dead, mask, tuple(confirmed), levels)
     hopeless = draws >= max_draws or all(lv.at_cap >= budget for lv in levels)
@@ -374,10 +376,10 @@ class Watch:
     check (they only ever come alive), so a pattern that vanishes stops the draws at once."""
 
     def __init__(self, counts: torch.Tensor) -> None:
-        self.index = (counts.reshape(-1) == 0).nonzero().flatten()
+        self.index = zero(counts.reshape(-1)).nonzero().flatten()
 
     def any_dead(self, counts: torch.Tensor) -> bool:
-        self.index = self.index[counts.reshape(-1)[self.index] == 0]
+        self.index = self.index[zero(counts.reshape(-1)[self.index])]
         return bool(self.index.numel())
 
 

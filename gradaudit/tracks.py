@@ -15,6 +15,7 @@ import torch
 
 from gradaudit import evidence
 from gradaudit.config import CaseSpec
+from gradaudit.masks import nonzero, zero
 from gradaudit.model import InputResult
 from gradaudit.shapes import fold_map
 
@@ -57,7 +58,10 @@ class Track:
             self.none_draws += 1
             return
         g = grad.detach() if grad.requires_grad else grad  # a leaf's .grad needs none (no create_graph)
-        if g.layout is not torch.strided or g.is_complex() or g.numel() == 0:
+        if g.layout is not torch.strided:
+            # A sparse gradient (nn.Embedding(sparse=True)): the rows it left out are its zeros.
+            g, consume = g.to_dense(), True
+        if g.is_complex() or g.numel() == 0:
             dense = self._add_other(g)
         else:
             # The common case: one magnitude pass and two reductions, no mask. A smallest
@@ -79,7 +83,7 @@ class Track:
         if self._counts is None and dense:
             self.dense_draws += 1
             return
-        self.alive_counts.add_((g != 0).cpu())
+        self.alive_counts.add_(nonzero(g).cpu())
 
     def _first_norm(self, g: torch.Tensor, magnitudes: torch.Tensor) -> None:
         """The norm of the first finite gradient (or the NaN/Inf count of one that is not)."""
@@ -96,7 +100,7 @@ class Track:
         self.norms.append(float(torch.linalg.vector_norm(torch.where(finite, g, 0), dtype=torch.float64)))
 
     def _add_other(self, g: torch.Tensor) -> bool:
-        """A sparse, complex or empty gradient: its norm every draw, and whether it is dense."""
+        """A complex or empty gradient: its norm every draw, and whether it is dense."""
         norm = float(torch.linalg.vector_norm(g))
         if not math.isfinite(norm):
             self._count_nonfinite(g)
@@ -118,7 +122,7 @@ class Track:
 
     @property
     def ever_nonzero(self) -> torch.Tensor | None:
-        return None if self.alive_counts is None else self.alive_counts > 0
+        return None if self.alive_counts is None else nonzero(self.alive_counts)
 
     def zero_counts(self) -> tuple[int, int]:
         """(element-draws whose gradient was zero, element-draws in all), without making the
@@ -132,7 +136,7 @@ class Track:
     def dead(self) -> int:
         if self._counts is None:  # implicit counts: all dense, or no gradient yet
             return self._numel() if self.draws and not self.dense_draws else 0
-        return int((self._counts == 0).sum())
+        return int(zero(self._counts).sum())
 
     def _numel(self) -> int:
         n = 1
@@ -155,7 +159,7 @@ class Track:
         elements dead by luck so far); undecided: every element that never got a gradient."""
         if self.decision is not None and self.decision.mask is not None:
             return self.decision.mask
-        return ~self.ever_nonzero
+        return zero(self.alive_counts)
 
     def verdict(self, draws: int) -> str:
         if not self.requires_grad:
@@ -212,8 +216,6 @@ def _dense(g: torch.Tensor) -> bool:
     NaN, so the exact masked path decides). `abs().amin()` is about half `count_nonzero`'s cost."""
     if g.numel() == 0:
         return True
-    if g.layout is not torch.strided:
-        return int(torch.count_nonzero(g)) == g.numel()
     return float(g.abs().amin()) > 0
 
 

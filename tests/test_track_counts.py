@@ -174,3 +174,43 @@ def test_a_nan_whose_sign_the_magnitude_kept_is_not_finite(dtype, as_int):
     assert torch.isnan(magnitudes[3])
     low, finite = _smallest_and_finite(magnitudes)
     assert not finite and not low > 0
+
+
+SPARSE_INPUTS = {"idx": dict(shape=(64,), dtype="int64", init="randint", high=6), "x": dict(shape=(64,))}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_a_sparse_gradient_is_audited_as_its_dense_values(seed):
+    """nn.Embedding(sparse=True) gives its weight a sparse COO gradient: it is counted as the dense
+    tensor it stands for (the rows it left out are zeros), not an error of the audit."""
+    import gradaudit
+    from gradaudit.api import Spec
+    from tests.losses.sparse import SparseEmbeddingLoss
+
+    inputs = {k: Spec(**v) for k, v in SPARSE_INPUTS.items()}
+    result = gradaudit.audit(SparseEmbeddingLoss(), inputs, devices=["cpu"], seed=seed).results[0]
+    assert result.status == "pass" and result.error is None, result
+    weight = next(i for i in result.inputs if i.name == "param:emb.weight")
+    assert weight.grad == "ok" and weight.grad_norm > 0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_rows_a_sparse_gradient_never_reaches_are_a_partial_gradient(seed):
+    import gradaudit
+    from gradaudit.api import Spec
+    from tests.losses.sparse import SparseEmbeddingDeadRows
+
+    inputs = {k: Spec(**v) for k, v in SPARSE_INPUTS.items()}
+    result = gradaudit.audit(SparseEmbeddingDeadRows(), inputs, devices=["cpu"], seed=seed).results[0]
+    weight = next(i for i in result.inputs if i.name == "param:emb.weight")
+    assert weight.grad == "partial" and weight.zero_fraction == 0.5
+    assert "partial-grad" in [f.id for f in result.findings]
+
+
+def test_sparse_counts_match_the_plain_sum_of_the_dense_values():
+    gen = torch.Generator().manual_seed(0)
+    dense = [torch.randn(6, 3, generator=gen) * (torch.rand(6, 1, generator=gen) < 0.5) for _ in range(4)]
+    track = Track("w", [6, 3], "float32", True)
+    for g in dense:
+        track.add(g.to_sparse(), consume=True)
+    assert torch.equal(track.alive_counts.to(torch.int64), _reference(dense, [6, 3]))

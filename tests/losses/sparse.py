@@ -46,3 +46,22 @@ def masked_steps_broken(pred, target, mask):
     """Broken twin: an off-by-one drops the last step of every sequence."""
     err = (pred[:, :-1] - target[:, :-1]).pow(2) * mask[:, :-1]
     return err.sum() / mask.sum().clamp(min=1)
+
+
+class SparseEmbeddingLoss(torch.nn.Module):
+    """Correct: an embedding with sparse (COO) gradients; each draw's indices touch most rows."""
+
+    def __init__(self, rows=6, dim=3, used=None):
+        super().__init__()
+        self.emb = torch.nn.Embedding(rows, dim, sparse=True)
+        self.used = used or rows
+
+    def forward(self, idx, x):
+        return (self.emb(idx % self.used).sum(-1) * x).sum()
+
+
+class SparseEmbeddingDeadRows(SparseEmbeddingLoss):
+    """Broken twin: indices folded onto the first half of the rows; the others never train."""
+
+    def __init__(self):
+        super().__init__(rows=6, dim=3, used=3)
