@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from gradaudit.losscall import DrawInputs
 
 _EMPTY: frozenset = frozenset()
+_Tensor = torch.Tensor  # looked up once: the traced ops test their arguments against it
+_ref = weakref.ref
 _OURS = str(Path(__file__).resolve().parent)
 _THIS = str(Path(__file__).resolve())
 
@@ -117,7 +119,7 @@ class Tag:
     """What the trace knows about one tensor, for the draw that made it (never changed once made:
     tensors whose facts agree share one)."""
 
-    __slots__ = ("token", "grad", "derived", "breaks", "fixed", "terms")
+    __slots__ = ("token", "grad", "derived", "breaks", "fixed", "terms", "simple")
 
     def __init__(self, token: object, grad: frozenset = _EMPTY, derived: bool = False,
                  breaks: frozenset = _EMPTY, fixed: frozenset = _EMPTY, terms: frozenset = _EMPTY) -> None:
@@ -127,6 +129,8 @@ class Tag:
         self.breaks = breaks  # ids of recorded breaks its values passed through
         self.fixed = fixed  # ids of fixed-device factories it came from
         self.terms = terms  # breaks added to it as terms, since then only linearly (gradaudit.deadterm)
+        # Nothing cut, no term, no fixed-device source: the fast path of `_plain_call` may pass it on.
+        self.simple = not (breaks or fixed or terms)
 
 
 @dataclass
@@ -452,7 +456,7 @@ class Tracer:
         tensors: list[Tag] = []
         table, token = self._tags, self.token
         for v in scan:
-            if isinstance(v, torch.Tensor):
+            if isinstance(v, _Tensor):
                 entry = table.get(id(v))
                 if entry is not None and entry[1].token is token and entry[0]() is v:
                     tensors.append(entry[1])
@@ -462,13 +466,14 @@ class Tracer:
                         tensors.append(tag)
             elif isinstance(v, (list, tuple)) and v:
                 self._collect(v, tensors, 1)
-        for v in kwargs.values():  # `_collect(kwargs.values(), tensors, 0)`, inline: most are options
-            if isinstance(v, torch.Tensor):
-                tag = self.tag(v)
-                if tag is not None:
-                    tensors.append(tag)
-            elif isinstance(v, (list, tuple)) and v:
-                self._collect(v, tensors, 1)
+        if kwargs:
+            for v in kwargs.values():  # `_collect(kwargs.values(), tensors, 0)`, inline: most are options
+                if isinstance(v, _Tensor):
+                    tag = self.tag(v)
+                    if tag is not None:
+                        tensors.append(tag)
+                elif isinstance(v, (list, tuple)) and v:
+                    self._collect(v, tensors, 1)
         if self.naming:
             previous, self.current = self.current, name
             try:
@@ -479,12 +484,12 @@ class Tracer:
             out = func(*args, **kwargs)
         if not tensors:
             return out
-        if isinstance(out, torch.Tensor):
+        if isinstance(out, _Tensor):
             # Nothing cut, no term and no fixed-device source in sight, and at most one gradient
             # path among the inputs: the output's tag is one of theirs, or theirs with `derived`.
             grad, derived, carrier = _EMPTY, False, None
             for t in tensors:
-                if t.terms or t.breaks or t.fixed:
+                if not t.simple:
                     break
                 g = t.grad
                 if g:
@@ -498,8 +503,8 @@ class Tracer:
                 if (requires and name not in ZERO_DERIVATIVE) if grad else not requires:
                     carrier = carrier or tensors[0]
                     if carrier.derived != derived or carrier.grad is not grad:
-                        carrier = Tag(self.token, grad, derived)
-                    table[id(out)] = (weakref.ref(out), carrier)
+                        carrier = Tag(token, grad, derived)
+                    table[id(out)] = (_ref(out), carrier)
                     return out
         self._after(func, name, "op", tensors, out, None, None, None, args)
         return out
