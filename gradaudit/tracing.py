@@ -211,7 +211,6 @@ def _user_frames() -> list[tuple[str, int, str]] | None:
 _KINDS: dict[Any, tuple[str, str, bool]] = {}
 
 
-_NO_KWARGS: dict = {}  # the keyword arguments of a call without any (never written)
 _INDEX = "index"  # `plain` of an indexing op: plain unless its index holds a tensor
 
 
@@ -267,13 +266,8 @@ class _Mode(TorchFunctionMode):
     def __init__(self, tracer: Tracer) -> None:
         super().__init__()
         self.tracer = tracer
-        self._plain = tracer._plain_call  # bound once: the common op's path
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
-        # The common op (known, plain) goes straight to its path: one Python call less an op.
-        known = _KINDS.get(func)
-        if known is not None and known[2] is True:
-            return self._plain(func, known[1], args, kwargs or _NO_KWARGS, args)
         return self.tracer.call(func, args, kwargs or {})
 
 
